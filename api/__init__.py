@@ -1,0 +1,1 @@
+"""HTTP delivery layer: maps requests onto relightq's services."""

@@ -1,0 +1,147 @@
+"""/v1/jobs: submit, read and list relight jobs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from api.deps import CurrentStorage, CurrentTenant, DbSession
+from relightq.errors import FieldProblem, InvalidInput, RelightqError, field_problems
+from relightq.jobs import service
+from relightq.jobs.models import JobStatus
+from relightq.jobs.schemas import ALLOWED, JobCreate, JobOptions, JobOut, JobPage
+from relightq.settings import get_settings
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+_MULTIPART_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["prompt", "subject_image"],
+    "properties": {
+        **JobOptions.model_json_schema()["properties"],
+        "subject_image": {"type": "string", "format": "binary"},
+        "metadata": {"type": "string", "description": "a JSON object, as text"},
+    },
+}
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": JobCreate.model_json_schema()},
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+        },
+    }
+}
+
+
+def _invalid(exc: ValidationError) -> InvalidInput:
+    return InvalidInput(field_problems(exc.errors(), ALLOWED))
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput([FieldProblem("body", "is not valid JSON", "a JSON object")]) from exc
+    if not isinstance(body, dict):
+        raise InvalidInput([FieldProblem("body", "must be a JSON object", "a JSON object")])
+    return body
+
+
+async def _read_upload(upload: UploadFile, limit: int) -> bytes:
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise RelightqError(
+            f"subject_image exceeds the upload limit of {limit} bytes", 413, "payload_too_large"
+        )
+    return data
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    openapi_extra=_REQUEST_BODY,
+    summary="Submit one relight job (JSON with an image URL, or multipart with a file)",
+)
+async def create_job(
+    request: Request,
+    response: Response,
+    tenant: CurrentTenant,
+    db: DbSession,
+    storage: CurrentStorage,
+) -> JobOut:
+    """Validate everything first, store nothing for a rejected request, answer 202."""
+    settings = get_settings()
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            job_request = JobCreate.model_validate(await _json_object(request))
+        except ValidationError as exc:
+            raise _invalid(exc) from exc
+        job = await run_in_threadpool(
+            service.create_job, db, tenant.id, job_request, settings.s3_bucket
+        )
+    elif content_type == "multipart/form-data":
+        form = await request.form(max_files=1, max_fields=64)
+        fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+        upload = form.get("subject_image")
+        problems: list[FieldProblem] = []
+        if not isinstance(upload, UploadFile):
+            problems.append(
+                FieldProblem("subject_image", "must be an uploaded file", ALLOWED["subject_image"])
+            )
+        fields.pop("subject_image", None)
+        if isinstance(fields.get("metadata"), str):
+            try:
+                fields["metadata"] = json.loads(fields["metadata"])
+            except ValueError:
+                problems.append(FieldProblem("metadata", "is not valid JSON", ALLOWED["metadata"]))
+                fields.pop("metadata")
+        try:
+            options = JobOptions.model_validate(fields)
+        except ValidationError as exc:
+            problems.extend(field_problems(exc.errors(), ALLOWED))
+        if problems:
+            raise InvalidInput(problems)
+        assert isinstance(upload, UploadFile)
+        data = await _read_upload(upload, settings.max_upload_bytes)
+        job = await run_in_threadpool(
+            service.create_job_with_upload, db, tenant.id, options, data, storage
+        )
+    else:
+        raise RelightqError(
+            "send application/json or multipart/form-data", 415, "unsupported_media_type"
+        )
+    await run_in_threadpool(db.commit)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return service.job_view(job, storage)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="One job, with presigned output URLs")
+def get_job(
+    job_id: uuid.UUID, tenant: CurrentTenant, db: DbSession, storage: CurrentStorage
+) -> JobOut:
+    """A job of the calling tenant; anyone else's is a 404."""
+    return service.job_view(service.get_job(db, tenant.id, job_id), storage)
+
+
+@router.get("", response_model=JobPage, summary="The tenant's jobs, newest first")
+def list_jobs(
+    tenant: CurrentTenant,
+    db: DbSession,
+    storage: CurrentStorage,
+    status: JobStatus | None = None,
+    batch_id: uuid.UUID | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobPage:
+    """Keyset-paginated: follow ``next_cursor`` until it is null."""
+    jobs, next_cursor = service.list_jobs(db, tenant.id, status, batch_id, cursor, limit)
+    return JobPage(items=[service.job_view(j, storage) for j in jobs], next_cursor=next_cursor)

@@ -1,0 +1,118 @@
+"""The `relightq` command line (SPEC §3)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="relightq: relight product images with Segmind IC-Light, queued.")
+keys_app = typer.Typer(help="Manage client API keys.")
+app.add_typer(keys_app, name="keys")
+console = Console()
+
+
+def _logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the REST API."""
+    import uvicorn
+
+    _logging()
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, proxy_headers=True)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Threads per worker (default RELIGHTQ_WORKER_CONCURRENCY).")
+    ] = None,
+) -> None:
+    """Run a Celery worker consuming relight jobs."""
+    from relightq.broker import Queue
+    from relightq.settings import get_settings
+    from worker.tasks import app as celery_app
+
+    _logging()
+    get_settings().warn_if_simulated()
+    threads = concurrency or get_settings().worker_concurrency
+    # Threads: each job spends ~30 s waiting on Segmind, so one process can hold many calls.
+    celery_app.worker_main(
+        [
+            "worker",
+            "--pool=threads",
+            f"--concurrency={threads}",
+            f"--queues={Queue.RELIGHT.value}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def beat() -> None:
+    """Run the Celery beat scheduler (one per deployment)."""
+    from worker.tasks import app as celery_app
+
+    _logging()
+    celery_app.start(["beat", "--loglevel=INFO"])
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations."""
+    from relightq.migrate import upgrade
+    from relightq.settings import get_settings
+
+    _logging()
+    upgrade(get_settings().database_url)
+    console.print("[green]database is up to date[/green]")
+
+
+@app.command()
+def simulate(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8090,
+    credits: Annotated[float, typer.Option(help="Starting credit balance.")] = 100.0,
+    latency: Annotated[float, typer.Option(help="Seconds each relight call takes.")] = 0.0,
+) -> None:
+    """Run the local Segmind simulator (not IC-Light: a stand-in for tests and demos)."""
+    from relightq.simulator.app import serve
+
+    _logging()
+    serve(host=host, port=port, credits=credits, latency=latency)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Folder for the demo's database and results.")] = (
+        "relightq-demo"
+    ),
+) -> None:
+    """Relight the sample catalog end to end, with no servers (SQLite, in-process worker)."""
+    from relightq.demo.run import run_demo
+
+    _logging(logging.WARNING)
+    raise typer.Exit(run_demo(out, console))
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Tenant name; created if new.")],
+) -> None:
+    """Create an API key for TENANT and print it once (only its hash is stored)."""
+    from relightq.db import session_scope
+    from relightq.tenants.service import create_key, get_or_create_tenant
+
+    with session_scope() as session:
+        key = create_key(session, get_or_create_tenant(session, tenant))
+    console.print(key, soft_wrap=True, highlight=False)

@@ -1,0 +1,75 @@
+"""One error type carrying an HTTP status, rendered by the API as a stable JSON shape."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FieldProblem:
+    """One bad input field: where it is, what is wrong, what would be accepted."""
+
+    field: str
+    message: str
+    allowed: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return {"field": self.field, "message": self.message, "allowed": self.allowed}
+
+
+@dataclass
+class RelightqError(Exception):
+    """Base error; the API answers ``status`` with ``{"error": {code, message, fields}}``."""
+
+    message: str
+    status: int = 400
+    code: str = "bad_request"
+    fields: list[FieldProblem] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(RelightqError):
+    """The thing does not exist, or belongs to another tenant (we do not say which)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} not found", 404, "not_found")
+
+
+class Unauthorized(RelightqError):
+    """No API key, or one that is unknown or revoked."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a valid API key is required (Authorization: Bearer <key> or x-api-key)",
+            401,
+            "unauthorized",
+        )
+
+
+class InvalidInput(RelightqError):
+    """Input failed validation; every offending field is listed."""
+
+    def __init__(self, fields: list[FieldProblem]) -> None:
+        names = ", ".join(p.field for p in fields)
+        super().__init__(f"invalid input: {names}", 422, "validation_error", fields)
+
+
+def field_problems(errors: Any, allowed: dict[str, str]) -> list[FieldProblem]:
+    """Pydantic/FastAPI error dicts as FieldProblems, one per field, with allowed values."""
+    problems: dict[str, FieldProblem] = {}
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
+        name = ".".join(loc) or "body"
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if error.get("type") == "missing":
+            message = "is required"
+        elif error.get("type") == "extra_forbidden":
+            message = "is not a known field"
+        top = loc[0] if loc else name
+        if name not in problems:
+            problems[name] = FieldProblem(name, message, allowed.get(top))
+    return list(problems.values())

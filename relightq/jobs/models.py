@@ -1,0 +1,102 @@
+"""A relight job and the images it produced."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from relightq.db import Base, UTCDateTime, utcnow
+
+# JSONB on PostgreSQL, plain JSON on the demo's SQLite.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class JobStatus(StrEnum):
+    """Where a job is; the last three are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Job(Base):
+    """One relight request: its parameters, its progress and its outcome."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        # The listing's order and cursor: newest first within a tenant.
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(default=None, index=True)
+    status: Mapped[JobStatus] = mapped_column(String(16), default=JobStatus.QUEUED)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # What the user gave: an http(s) URL, or an s3:// / file:// URI of stored bytes.
+    subject_image: Mapped[str] = mapped_column(Text)
+    external_id: Mapped[str | None] = mapped_column(String(256), default=None)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
+    callback_url: Mapped[str | None] = mapped_column(Text, default=None)
+    priority: Mapped[int] = mapped_column(Integer, default=5)
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    waiting_reason: Mapped[str | None] = mapped_column(Text, default=None)
+    credits_used: Mapped[float] = mapped_column(default=0.0)
+    remaining_credits: Mapped[float | None] = mapped_column(default=None)
+
+    # A worker owns a running job until lease_expires_at; the token tells its writes
+    # apart from those of a worker that reclaimed the job after the lease ran out.
+    lease_token: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    run_after: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+    outputs: Mapped[list[JobOutput]] = relationship(
+        lazy="raise", order_by="JobOutput.index", cascade="all, delete-orphan"
+    )
+
+
+class JobOutput(Base):
+    """One stored image of a succeeded job, at a deterministic key."""
+
+    __tablename__ = "job_outputs"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    uri: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class UpstreamState(Base):
+    """Fleet-wide facts learned from Segmind (one row, id 1)."""
+
+    __tablename__ = "upstream_state"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    remaining_credits: Mapped[float | None] = mapped_column(default=None)
+    credits_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

@@ -1,0 +1,126 @@
+"""What the API accepts for a job and what it shows of one."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, Field, field_validator
+
+from relightq.jobs.models import JobStatus
+from relightq.segmind.params import ALLOWED as PARAM_ALLOWED
+from relightq.segmind.params import RelightParams
+
+MAX_METADATA_BYTES = 16 * 1024
+
+ALLOWED: dict[str, str] = {
+    **PARAM_ALLOWED,
+    "external_id": "text up to 256 characters, e.g. the SKU",
+    "metadata": f"a JSON object up to {MAX_METADATA_BYTES // 1024} KiB",
+    "callback_url": "an http(s) URL",
+    "priority": "an integer from 0 (lowest) to 9 (highest)",
+}
+
+
+def check_http_url(value: str) -> str:
+    """Accept only absolute http(s) URLs with a host."""
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+class JobOptions(RelightParams):
+    """Everything in a job request except the subject image."""
+
+    external_id: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    callback_url: str | None = Field(default=None, max_length=2048)
+    priority: int = Field(default=5, ge=0, le=9)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value)) > MAX_METADATA_BYTES:
+            raise ValueError(f"must serialise to at most {MAX_METADATA_BYTES} bytes")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_is_http(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value)
+
+    def relight_params(self) -> RelightParams:
+        """The upstream fields alone."""
+        return RelightParams.model_validate(
+            self.model_dump(include=set(RelightParams.model_fields))
+        )
+
+
+class JobCreate(JobOptions):
+    """A JSON job request: the subject is an http(s) URL or an s3:// URI."""
+
+    subject_image: str = Field(max_length=4096)
+
+    @field_validator("subject_image")
+    @classmethod
+    def _subject_is_url_or_s3(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme == "s3":
+            if not parsed.netloc or not parsed.path.strip("/"):
+                raise ValueError("an s3:// URI must name a bucket and a key")
+            return value
+        if parsed.scheme in ("http", "https") and parsed.hostname:
+            return value
+        raise ValueError("must be an http(s) URL or an s3://bucket/key URI")
+
+
+class ErrorOut(BaseModel):
+    """Why a job failed."""
+
+    code: str
+    message: str
+
+
+class OutputOut(BaseModel):
+    """One relit image."""
+
+    index: int
+    s3_uri: str
+    url: str
+    content_type: str
+    bytes: int
+    sha256: str
+
+
+class JobOut(BaseModel):
+    """A job as clients see it."""
+
+    id: uuid.UUID
+    status: JobStatus
+    params: dict[str, Any]
+    subject_image: str
+    attempts: int
+    error: ErrorOut | None
+    waiting_reason: str | None
+    outputs: list[OutputOut]
+    credits_used: float
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    batch_id: uuid.UUID | None
+    external_id: str | None
+    metadata: dict[str, Any]
+    callback_url: str | None
+    priority: int
+
+
+class JobPage(BaseModel):
+    """One page of a job listing; pass ``next_cursor`` back as ``cursor`` for the next."""
+
+    items: list[JobOut]
+    next_cursor: str | None

@@ -1,0 +1,234 @@
+"""A synchronous httpx client for Segmind IC-Light v1 (SPEC §1)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from relightq.segmind.errors import (
+    SegmindError,
+    SegmindOutOfCredits,
+    SegmindRateLimited,
+    SegmindRejected,
+    SegmindUnauthorized,
+    SegmindUnavailable,
+)
+from relightq.segmind.params import RelightParams
+
+RELIGHT_PATH = "/v1/ic-light"
+CREDITS_PATH = "/v1/get-user-credits"
+PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 409, 410, 413, 415, 422})
+
+
+@dataclass(frozen=True)
+class SubjectUpload:
+    """Image bytes sent as a multipart file, for inputs Segmind cannot fetch itself."""
+
+    data: bytes
+    filename: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class RelitImage:
+    """One output image."""
+
+    data: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class RelightResult:
+    """The images of one call and the balance Segmind reported after it."""
+
+    images: list[RelitImage]
+    remaining_credits: float | None
+
+
+def sniff_image_type(data: bytes) -> str | None:
+    """The MIME type of PNG, JPEG or WebP bytes, from their magic numbers."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def parse_reset_at(value: str | None) -> datetime | None:
+    """``x-rate-limit-reset-at-utc`` as a datetime: ISO 8601, or epoch seconds."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return datetime.fromtimestamp(float(value), UTC)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _error_message(response: httpx.Response) -> str:
+    """Segmind's ``{"error": ...}`` text, or a short form of an HTML or text body."""
+    try:
+        body = response.json()
+        if isinstance(body, dict) and body.get("error"):
+            return str(body["error"])[:1000]
+    except ValueError:
+        pass
+    text = re.sub(r"<[^>]+>", " ", response.text)
+    text = " ".join(text.split())[:300]
+    return text or response.reason_phrase or f"HTTP {response.status_code}"
+
+
+class SegmindClient:
+    """Calls IC-Light and maps every answer to a result or a typed SegmindError."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        timeout: float = 120.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        # Connect fails fast; the read timeout covers a ~30 s generation with room to spare.
+        self._http = http or httpx.Client(
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"x-api-key": self._api_key}
+        try:
+            return self._http.request(method, self._base_url + path, headers=headers, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise SegmindUnavailable(
+                f"Segmind did not answer in time ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise SegmindUnavailable(f"could not reach Segmind ({type(exc).__name__})") from exc
+
+    def relight(self, params: RelightParams, subject: str | SubjectUpload) -> RelightResult:
+        """One IC-Light call: JSON for a URL subject, multipart bytes for an upload."""
+        fields = params.upstream_fields()
+        if isinstance(subject, str):
+            body = {**fields, "subject_image": subject}
+            response = self._request("POST", RELIGHT_PATH, json=body)
+        else:
+            files = {"subject_image": (subject.filename, subject.data, subject.content_type)}
+            data = {name: str(value) for name, value in fields.items()}
+            response = self._request("POST", RELIGHT_PATH, data=data, files=files)
+        raise_for_status(response)
+        images = self._images(response)
+        if not images:
+            raise SegmindUnavailable("Segmind answered 200 without an image")
+        return RelightResult(images, _remaining_credits(response))
+
+    def get_credits(self) -> float:
+        """The account's balance; this endpoint is free."""
+        response = self._request("GET", CREDITS_PATH)
+        raise_for_status(response)
+        try:
+            return float(response.json()["credits"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SegmindUnavailable("unreadable answer from get-user-credits") from exc
+
+    def _images(self, response: httpx.Response) -> list[RelitImage]:
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if content_type.startswith("image/"):
+            return [RelitImage(response.content, content_type)]
+        # How v1 returns several images is undocumented: accept a JSON list of
+        # URLs or base64 strings under the usual keys, or a bare list.
+        try:
+            body = response.json()
+        except ValueError as exc:
+            sniffed = sniff_image_type(response.content)
+            if sniffed:
+                return [RelitImage(response.content, sniffed)]
+            raise SegmindUnavailable("Segmind answered 200 with neither an image nor JSON") from exc
+        return [self._decode(item) for item in _image_items(body)]
+
+    def _decode(self, item: Any) -> RelitImage:
+        if isinstance(item, dict):
+            item = item.get("url") or item.get("image") or item.get("base64") or item.get("data")
+        if not isinstance(item, str) or not item:
+            raise SegmindUnavailable("Segmind answered an image entry that is not a string")
+        if item.startswith(("http://", "https://")):
+            try:
+                fetched = self._http.get(item)
+            except httpx.HTTPError as exc:
+                raise SegmindUnavailable(
+                    f"could not download an output ({type(exc).__name__})"
+                ) from exc
+            if fetched.status_code != 200:
+                raise SegmindUnavailable(f"output download answered {fetched.status_code}")
+            data = fetched.content
+        else:
+            if item.startswith("data:"):
+                item = item.partition(",")[2]
+            try:
+                data = base64.b64decode(item, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise SegmindUnavailable("Segmind answered an image that is not base64") from exc
+        content_type = sniff_image_type(data)
+        if content_type is None:
+            raise SegmindUnavailable("Segmind answered an entry that is not a PNG, JPEG or WebP")
+        return RelitImage(data, content_type)
+
+
+def _image_items(body: Any) -> list[Any]:
+    if isinstance(body, list):
+        return body
+    if isinstance(body, dict):
+        for key in ("images", "image", "output", "outputs", "data"):
+            value = body.get(key)
+            if isinstance(value, list):
+                return value
+            if isinstance(value, str):
+                return [value]
+    raise SegmindUnavailable("Segmind answered JSON without images")
+
+
+def _remaining_credits(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["x-remaining-credits"])
+    except (KeyError, ValueError):
+        return None
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """Map a non-2xx answer to the SegmindError subclass that decides what happens next."""
+    status = response.status_code
+    if status < 300:
+        return
+    message = _error_message(response)
+    error: SegmindError
+    if status == 401:
+        error = SegmindUnauthorized(message, status)
+    elif status == 406 and "credit" in message.lower():
+        error = SegmindOutOfCredits(message, status)
+    elif status == 429:
+        error = SegmindRateLimited(
+            message, parse_reset_at(response.headers.get("x-rate-limit-reset-at-utc"))
+        )
+    elif status >= 500 or status == 408:
+        error = SegmindUnavailable(message, status)
+    else:
+        error = SegmindRejected(message, status)
+    raise error

@@ -1,0 +1,53 @@
+"""Every way a Segmind call can go wrong, one class per decision the worker makes.
+
+Messages carry Segmind's own words but never the API key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+class SegmindError(Exception):
+    """Base class; ``code`` is stable and lands in a job's ``error.code``."""
+
+    code = "segmind_error"
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class SegmindUnauthorized(SegmindError):
+    """401: the key is missing or invalid; every call would fail, so the fleet pauses."""
+
+    code = "segmind_unauthorized"
+
+
+class SegmindOutOfCredits(SegmindError):
+    """406 "not enough credits": the fleet pauses; the job waits without losing an attempt."""
+
+    code = "segmind_out_of_credits"
+
+
+class SegmindRejected(SegmindError):
+    """404, 405, 422, a 406 about content type, or another 4xx: retrying cannot help."""
+
+    code = "segmind_rejected"
+
+
+class SegmindRateLimited(SegmindError):
+    """429: wait until ``reset_at`` (when Segmind says) and call again; not a failure."""
+
+    code = "segmind_rate_limited"
+
+    def __init__(self, message: str, reset_at: datetime | None = None) -> None:
+        super().__init__(message, 429)
+        self.reset_at = reset_at
+
+
+class SegmindUnavailable(SegmindError):
+    """5xx, timeouts, connection errors or a garbled answer: transient, retry with backoff."""
+
+    code = "segmind_unavailable"

@@ -1,0 +1,104 @@
+"""All configuration, read from RELIGHTQ_* environment variables and a .env file (SPEC §3)."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from itertools import pairwise
+
+from pydantic import SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+SEGMIND_PUBLIC_URL = "https://api.segmind.com"
+
+
+class Settings(BaseSettings):
+    """Typed settings shared by the API, the workers and the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix="RELIGHTQ_", env_file=".env", extra="ignore")
+
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/relightq"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+
+    s3_bucket: str = "relightq"
+    s3_endpoint_url: str | None = None
+    # Presigned URLs are handed to users, so they may need a different host than the
+    # one workers use inside a private network (e.g. http://minio:9000 vs localhost).
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    # Demo mode keeps results in a folder instead of a bucket (SPEC §4).
+    local_storage_dir: str | None = None
+    presign_expires_seconds: int = 3600
+
+    segmind_api_key: SecretStr | None = None
+    segmind_base_url: str = SEGMIND_PUBLIC_URL
+    # Where the simulator listens when no Segmind key is configured.
+    simulator_url: str = "http://127.0.0.1:8090"
+    # Segmind bills per call in dollars-as-credits; used to estimate credits_used per job.
+    segmind_credits_per_image: float = 0.037
+
+    # Timeouts are ordered so a live call is never reclaimed by another worker:
+    # upstream read timeout < task hard limit < broker visibility timeout < job lease.
+    segmind_timeout_seconds: float = 120.0
+    task_time_limit_seconds: int = 240
+    broker_visibility_timeout_seconds: int = 600
+    job_lease_seconds: int = 900
+
+    max_attempts: int = 5
+    retry_base_delay_seconds: float = 2.0
+    retry_max_delay_seconds: float = 300.0
+
+    max_request_bytes: int = 25 * 1024 * 1024
+    max_upload_bytes: int = 20 * 1024 * 1024
+
+    worker_concurrency: int = 8
+
+    @model_validator(mode="after")
+    def _timeouts_are_ordered(self) -> Settings:
+        chain = [
+            ("RELIGHTQ_SEGMIND_TIMEOUT_SECONDS", self.segmind_timeout_seconds),
+            ("RELIGHTQ_TASK_TIME_LIMIT_SECONDS", self.task_time_limit_seconds),
+            ("RELIGHTQ_BROKER_VISIBILITY_TIMEOUT_SECONDS", self.broker_visibility_timeout_seconds),
+            ("RELIGHTQ_JOB_LEASE_SECONDS", self.job_lease_seconds),
+        ]
+        for (a_name, a), (b_name, b) in pairwise(chain):
+            if not a < b:
+                raise ValueError(f"{a_name} ({a}) must be less than {b_name} ({b})")
+        return self
+
+    @property
+    def uses_simulator(self) -> bool:
+        """True when no Segmind key is set, so calls go to the local simulator."""
+        return self.segmind_api_key is None or not self.segmind_api_key.get_secret_value()
+
+    @property
+    def effective_segmind_url(self) -> str:
+        """The upstream base URL actually called."""
+        return self.simulator_url if self.uses_simulator else self.segmind_base_url
+
+    @property
+    def effective_segmind_key(self) -> str:
+        """The key sent upstream; the simulator accepts any non-empty key."""
+        if self.uses_simulator:
+            return "simulator"
+        assert self.segmind_api_key is not None
+        return self.segmind_api_key.get_secret_value()
+
+    def warn_if_simulated(self) -> None:
+        """Say loudly that no real Segmind key is configured (SPEC §3)."""
+        if self.uses_simulator:
+            log.warning(
+                "RELIGHTQ_SEGMIND_API_KEY is not set: relightq is using the local SIMULATOR "
+                "at %s, not Segmind. Images are NOT relit by IC-Light.",
+                self.simulator_url,
+            )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Celery delivery layer: maps broker messages onto relightq's services."""
