@@ -62,7 +62,11 @@ def field_problems(errors: Any, allowed: dict[str, str]) -> list[FieldProblem]:
     """Pydantic/FastAPI error dicts as FieldProblems, one per field, with allowed values."""
     problems: dict[str, FieldProblem] = {}
     for error in errors:
-        loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
+        loc = [
+            str(part)
+            for part in error.get("loc", ())
+            if part not in ("body", "query", "path", "header")
+        ]
         name = ".".join(loc) or "body"
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "missing":

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     job_lease_seconds: int = 900
 
     max_attempts: int = 5
+    # How long a job waits before trying again while credits are out or the key is refused.
+    pause_recheck_seconds: float = 30.0
     retry_base_delay_seconds: float = 2.0
     retry_max_delay_seconds: float = 300.0
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery.utils.time import get_exponential_backoff_interval
 from sqlalchemy import delete, or_, update
 from sqlalchemy.orm import Session
 
@@ -35,8 +35,6 @@ from relightq.storage import Storage, StorageError
 
 log = logging.getLogger(__name__)
 
-# How long a job waits before trying again while credits are out or the key is refused.
-CREDITS_RECHECK_SECONDS = 30.0
 RATE_LIMIT_FALLBACK_SECONDS = 10.0
 
 
@@ -228,15 +226,15 @@ def _requeue(claim_: Claim, delay: float, *, refund: bool, status: JobStatus, re
 
 
 def retry_delay(attempt: int, settings: Settings) -> float:
-    """Exponential backoff with full jitter (Celery's own implementation of the AWS scheme)."""
-    return float(
-        get_exponential_backoff_interval(
-            factor=settings.retry_base_delay_seconds,
-            retries=attempt - 1,
-            maximum=settings.retry_max_delay_seconds,
-            full_jitter=True,
-        )
+    """Exponential backoff with full jitter, the AWS Architecture Blog scheme.
+
+    Celery's get_exponential_backoff_interval does the same but only in whole seconds,
+    and tests need sub-second delays; the formula is two lines, so it lives here.
+    """
+    ceiling = min(
+        settings.retry_max_delay_seconds, settings.retry_base_delay_seconds * 2 ** (attempt - 1)
     )
+    return random.uniform(0, ceiling)
 
 
 def _handle_upstream_error(claim_: Claim, exc: SegmindError, settings: Settings) -> None:
@@ -246,7 +244,7 @@ def _handle_upstream_error(claim_: Claim, exc: SegmindError, settings: Settings)
         # Not the job's fault: it waits without losing an attempt.
         _requeue(
             claim_,
-            CREDITS_RECHECK_SECONDS,
+            settings.pause_recheck_seconds,
             refund=True,
             status=JobStatus.WAITING,
             reason=f"{exc.code}: {exc.message}",

@@ -22,6 +22,11 @@ ALLOWED: dict[str, str] = {
     "metadata": f"a JSON object up to {MAX_METADATA_BYTES // 1024} KiB",
     "callback_url": "an http(s) URL",
     "priority": "an integer from 0 (lowest) to 9 (highest)",
+    "job_id": "a job id (UUID)",
+    "batch_id": "a batch id (UUID)",
+    "status": "one of " + ", ".join(s.value for s in JobStatus),
+    "limit": "an integer from 1 to 200",
+    "cursor": "a next_cursor value from a previous page",
 }
 
 

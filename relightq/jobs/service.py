@@ -51,6 +51,7 @@ def _new_job(tenant_id: uuid.UUID, options: JobOptions, subject: str, job_id: uu
         metadata_=options.metadata,
         callback_url=options.callback_url,
         priority=options.priority,
+        outputs=[],
     )
 
 

@@ -1,0 +1,164 @@
+"""Real services for the whole suite: PostgreSQL, Redis, a Celery worker thread, the S3
+server (moto over HTTP), the simulator and the API, each over its real protocol."""
+
+from __future__ import annotations
+
+import os
+
+# Settings are read once per process: point them at the test services before any import.
+TEST_DB = "relightq_test"
+os.environ.update(
+    RELIGHTQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}",
+    RELIGHTQ_BROKER_URL="redis://127.0.0.1:6379/15",
+    RELIGHTQ_S3_BUCKET="relightq-test",
+    RELIGHTQ_S3_ACCESS_KEY_ID="testing",
+    RELIGHTQ_S3_SECRET_ACCESS_KEY="testing",
+    RELIGHTQ_RETRY_BASE_DELAY_SECONDS="0.2",
+    RELIGHTQ_RETRY_MAX_DELAY_SECONDS="1",
+    RELIGHTQ_MAX_ATTEMPTS="3",
+    RELIGHTQ_PAUSE_RECHECK_SECONDS="1",
+    RELIGHTQ_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024),
+    RELIGHTQ_MAX_REQUEST_BYTES=str(3 * 1024 * 1024),
+)
+os.environ.pop("RELIGHTQ_SEGMIND_API_KEY", None)
+os.environ.pop("RELIGHTQ_LOCAL_STORAGE_DIR", None)
+
+import uuid  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import boto3  # noqa: E402
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+import redis  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+from relightq.db import session_scope  # noqa: E402
+from relightq.migrate import upgrade  # noqa: E402
+from relightq.settings import get_settings  # noqa: E402
+from relightq.tenants.service import create_key, get_or_create_tenant  # noqa: E402
+from tests.support.caches import reset_caches  # noqa: E402
+from tests.support.servers import free_port, serve_in_thread  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Services:
+    """Base URLs of the servers the suite runs."""
+
+    s3: str
+    simulator: str
+    api: str
+
+
+@pytest.fixture(scope="session")
+def database() -> str:
+    """A fresh database built by Alembic, exactly as `relightq migrate` builds production."""
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {TEST_DB}")
+    url = os.environ["RELIGHTQ_DATABASE_URL"]
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def services(database: str) -> Iterator[Services]:
+    """Start the S3 server, the simulator and the API; point settings at them."""
+    from api.app import create_app
+    from relightq.simulator.app import create_app as create_simulator
+
+    redis.Redis.from_url(os.environ["RELIGHTQ_BROKER_URL"]).flushdb()
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    s3_url = f"http://127.0.0.1:{port}"
+    os.environ["RELIGHTQ_S3_ENDPOINT_URL"] = s3_url
+    try:
+        with serve_in_thread(create_simulator()) as simulator_url:
+            os.environ["RELIGHTQ_SIMULATOR_URL"] = simulator_url
+            reset_caches()
+            s3_client().create_bucket(Bucket=get_settings().s3_bucket)
+            with serve_in_thread(create_app()) as api_url:
+                yield Services(s3=s3_url, simulator=simulator_url, api=api_url)
+    finally:
+        moto.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(services: Services) -> Iterator[None]:
+    """A real Celery worker (threads pool) consuming from the real Redis broker."""
+    from celery.contrib.testing.worker import start_worker
+
+    from worker.tasks import app
+
+    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False):
+        yield
+
+
+def s3_client() -> object:
+    """A boto3 client for the S3 server, as a test would use to look at the bucket."""
+    return boto3.client(
+        "s3",
+        endpoint_url=os.environ["RELIGHTQ_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@dataclass(frozen=True)
+class TenantKey:
+    """A tenant and its plaintext API key."""
+
+    id: uuid.UUID
+    name: str
+    key: str
+
+
+@pytest.fixture
+def make_tenant(database: str) -> Callable[[], TenantKey]:
+    """Factory: a new tenant with one API key."""
+
+    def make() -> TenantKey:
+        name = f"tenant-{uuid.uuid4().hex[:8]}"
+        with session_scope() as session:
+            tenant = get_or_create_tenant(session, name)
+            key = create_key(session, tenant)
+        return TenantKey(tenant.id, name, key)
+
+    return make
+
+
+@pytest.fixture
+def tenant(make_tenant: Callable[[], TenantKey]) -> TenantKey:
+    """A tenant for this test."""
+    return make_tenant()
+
+
+@pytest.fixture
+def api(services: Services, tenant: TenantKey) -> Iterator[httpx.Client]:
+    """An HTTP client for the API, authenticated as ``tenant``."""
+    headers = {"Authorization": f"Bearer {tenant.key}"}
+    with httpx.Client(base_url=services.api, headers=headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def simulator(services: Services) -> Iterator[httpx.Client]:
+    """An HTTP client for the simulator; its config and stats are reset around each test."""
+    defaults = {
+        "credits": 100.0,
+        "latency": 0.0,
+        "fail_500_rate": 0.0,
+        "rate_429_rate": 0.0,
+        "timeout_rate": 0.0,
+        "valid_keys": None,
+        "multi_image_mode": "base64",
+        "rate_limit_per_minute": None,
+    }
+    with httpx.Client(base_url=services.simulator, timeout=30) as client:
+        client.post("/admin/config", json=defaults).raise_for_status()
+        client.post("/admin/reset").raise_for_status()
+        yield client
+        client.post("/admin/config", json=defaults).raise_for_status()

@@ -1,0 +1,188 @@
+"""SegmindClient against the simulator over HTTP: every status code maps to its decision."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from PIL import Image
+
+from relightq.segmind.client import (
+    RELIGHT_PATH,
+    SegmindClient,
+    SubjectUpload,
+    parse_reset_at,
+    raise_for_status,
+)
+from relightq.segmind.errors import (
+    SegmindOutOfCredits,
+    SegmindRateLimited,
+    SegmindRejected,
+    SegmindUnauthorized,
+    SegmindUnavailable,
+)
+from relightq.segmind.params import RelightParams
+from tests.conftest import Services
+from tests.support.images import product_png
+from tests.support.servers import free_port
+
+UPLOAD = SubjectUpload(product_png(), "shoe.png", "image/png")
+
+
+@pytest.fixture
+def client(services: Services, simulator: httpx.Client) -> Iterator[SegmindClient]:
+    segmind = SegmindClient(services.simulator, "test-key", timeout=10)
+    yield segmind
+    segmind.close()
+
+
+def opened(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data))
+
+
+@pytest.mark.parametrize(
+    ("fmt", "pil", "mime"),
+    [("webp", "WEBP", "image/webp"), ("jpg", "JPEG", "image/jpeg"), ("png", "PNG", "image/png")],
+)
+def test_200_single_image_of_the_final_size_and_format(
+    client: SegmindClient, fmt: str, pil: str, mime: str
+) -> None:
+    params = RelightParams(prompt="p", width=320, height=384, highres_scale=2, output_format=fmt)
+    result = client.relight(params, UPLOAD)
+    [image] = result.images
+    assert image.content_type == mime
+    assert opened(image.data).format == pil
+    assert opened(image.data).size == (640, 768)
+    assert result.remaining_credits is not None and result.remaining_credits < 100
+
+
+def test_url_subject_is_sent_as_json_and_fetched_by_upstream(
+    client: SegmindClient, services: Services
+) -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    png = product_png()
+    app = Starlette(routes=[Route("/shoe.png", lambda _: Response(png, media_type="image/png"))])
+    from tests.support.servers import serve_in_thread
+
+    with serve_in_thread(app) as base:
+        result = client.relight(RelightParams(prompt="p"), f"{base}/shoe.png")
+    assert opened(result.images[0].data).size == (768, 960)
+
+
+@pytest.mark.parametrize("mode", ["base64", "url"])
+def test_several_images_come_back_as_a_json_list_in_either_form(
+    client: SegmindClient, simulator: httpx.Client, mode: str
+) -> None:
+    simulator.post("/admin/config", json={"multi_image_mode": mode}).raise_for_status()
+    result = client.relight(RelightParams(prompt="p", number_of_images=3), UPLOAD)
+    assert len(result.images) == 3
+    assert all(opened(i.data).format == "WEBP" for i in result.images)
+
+
+def test_401_is_unauthorized(services: Services, simulator: httpx.Client) -> None:
+    simulator.post("/admin/config", json={"valid_keys": ["right"]}).raise_for_status()
+    with pytest.raises(SegmindUnauthorized):
+        SegmindClient(services.simulator, "wrong").relight(RelightParams(prompt="p"), UPLOAD)
+
+
+def test_406_not_enough_credits_is_out_of_credits(
+    client: SegmindClient, simulator: httpx.Client
+) -> None:
+    simulator.post("/admin/config", json={"credits": 0.01}).raise_for_status()
+    with pytest.raises(SegmindOutOfCredits, match="(?i)not enough credits"):
+        client.relight(RelightParams(prompt="p"), UPLOAD)
+
+
+def test_406_invalid_content_type_is_a_permanent_rejection(services: Services) -> None:
+    response = httpx.post(
+        services.simulator + RELIGHT_PATH,
+        content=b"prompt=x",
+        headers={"x-api-key": "k", "content-type": "text/plain"},
+    )
+    assert response.status_code == 406
+    with pytest.raises(SegmindRejected) as info:
+        raise_for_status(response)
+    assert info.value.status == 406
+
+
+def test_422_bad_parameters_is_a_permanent_rejection_with_segminds_message(
+    client: SegmindClient,
+) -> None:
+    params = RelightParams.model_construct(
+        **{**RelightParams(prompt="p").model_dump(), "steps": 500}
+    )
+    with pytest.raises(SegmindRejected, match="steps") as info:
+        client.relight(params, UPLOAD)
+    assert info.value.status == 422
+
+
+def test_404_and_405_are_permanent_rejections(services: Services) -> None:
+    with pytest.raises(SegmindRejected) as not_found:
+        SegmindClient(services.simulator + "/nowhere", "k").relight(
+            RelightParams(prompt="p"), UPLOAD
+        )
+    assert not_found.value.status == 404
+    response = httpx.get(services.simulator + RELIGHT_PATH, headers={"x-api-key": "k"})
+    with pytest.raises(SegmindRejected) as not_allowed:
+        raise_for_status(response)
+    assert not_allowed.value.status == 405
+    assert "<" not in not_allowed.value.message  # HTML reduced to text
+
+
+def test_429_carries_the_reset_time(client: SegmindClient, simulator: httpx.Client) -> None:
+    simulator.post("/admin/config", json={"rate_429_rate": 1.0}).raise_for_status()
+    with pytest.raises(SegmindRateLimited) as info:
+        client.relight(RelightParams(prompt="p"), UPLOAD)
+    assert info.value.reset_at is not None
+
+
+def test_500_is_transient(client: SegmindClient, simulator: httpx.Client) -> None:
+    simulator.post("/admin/config", json={"fail_500_rate": 1.0}).raise_for_status()
+    with pytest.raises(SegmindUnavailable) as info:
+        client.relight(RelightParams(prompt="p"), UPLOAD)
+    assert info.value.status == 500
+
+
+def test_a_timeout_is_transient(services: Services, simulator: httpx.Client) -> None:
+    config = {"timeout_rate": 1.0, "timeout_seconds": 5}
+    simulator.post("/admin/config", json=config).raise_for_status()
+    impatient = SegmindClient(services.simulator, "k", timeout=0.5)
+    with pytest.raises(SegmindUnavailable, match="in time"):
+        impatient.relight(RelightParams(prompt="p"), UPLOAD)
+
+
+def test_a_refused_connection_is_transient() -> None:
+    nobody = SegmindClient(f"http://127.0.0.1:{free_port()}", "k")
+    with pytest.raises(SegmindUnavailable, match="could not reach"):
+        nobody.relight(RelightParams(prompt="p"), UPLOAD)
+
+
+def test_the_key_never_appears_in_an_error(services: Services, simulator: httpx.Client) -> None:
+    simulator.post("/admin/config", json={"valid_keys": ["right"]}).raise_for_status()
+    with pytest.raises(SegmindUnauthorized) as info:
+        SegmindClient(services.simulator, "sk-SECRET-123").relight(
+            RelightParams(prompt="p"), UPLOAD
+        )
+    assert "sk-SECRET-123" not in repr(info.value) + str(info.value)
+
+
+def test_credits_are_read_from_get_user_credits(
+    client: SegmindClient, simulator: httpx.Client
+) -> None:
+    simulator.post("/admin/config", json={"credits": 12.5}).raise_for_status()
+    assert client.get_credits() == 12.5
+    assert simulator.get("/admin/stats").json()["calls"] == 0  # free, not a relight call
+
+
+@pytest.mark.parametrize(
+    ("header", "epoch"),
+    [("2026-11-25T04:40:00Z", 1795581600.0), ("1795581600", 1795581600.0), ("soon", None)],
+)
+def test_reset_header_parses_iso_or_epoch(header: str, epoch: float | None) -> None:
+    parsed = parse_reset_at(header)
+    assert (parsed.timestamp() if parsed else None) == epoch
