@@ -26,6 +26,7 @@ os.environ.pop("RELIGHTQ_LOCAL_STORAGE_DIR", None)
 import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
+from typing import Any  # noqa: E402
 
 import boto3  # noqa: E402
 import httpx  # noqa: E402
@@ -39,7 +40,7 @@ from relightq.migrate import upgrade  # noqa: E402
 from relightq.settings import get_settings  # noqa: E402
 from relightq.tenants.service import create_key, get_or_create_tenant  # noqa: E402
 from tests.support.caches import reset_caches  # noqa: E402
-from tests.support.servers import free_port, serve_in_thread  # noqa: E402
+from relightq.serving import free_port, serve_in_thread  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def celery_worker(services: Services) -> Iterator[None]:
         yield
 
 
-def s3_client() -> object:
+def s3_client() -> Any:
     """A boto3 client for the S3 server, as a test would use to look at the bucket."""
     return boto3.client(
         "s3",

@@ -112,7 +112,7 @@ def create_job_with_upload(
     return job
 
 
-def _owned(tenant_id: uuid.UUID) -> Select[tuple[Job]]:
+def _owned(tenant_id: uuid.UUID) -> Select[Job]:
     return select(Job).where(Job.tenant_id == tenant_id).options(selectinload(Job.outputs))
 
 

@@ -111,7 +111,7 @@ def test_a_missing_s3_subject_fails_the_job_without_calling_segmind(
     api: httpx.Client, simulator: httpx.Client
 ) -> None:
     body = {"prompt": "x", "subject_image": f"s3://{SHOP_BUCKET}/nope.png"}
-    s3_client().create_bucket(Bucket=SHOP_BUCKET)  # type: ignore[attr-defined]
+    s3_client().create_bucket(Bucket=SHOP_BUCKET)
     job = wait_for(api, api.post("/v1/jobs", json=body).json()["id"], "failed", "succeeded")
     assert job["error"]["code"] == "input_unreadable"
     assert simulator.get("/admin/stats").json()["calls"] == 0

@@ -26,7 +26,7 @@ from relightq.segmind.errors import (
 from relightq.segmind.params import RelightParams
 from tests.conftest import Services
 from tests.support.images import product_png
-from tests.support.servers import free_port
+from relightq.serving import free_port
 
 UPLOAD = SubjectUpload(product_png(), "shoe.png", "image/png")
 
@@ -67,7 +67,7 @@ def test_url_subject_is_sent_as_json_and_fetched_by_upstream(
 
     png = product_png()
     app = Starlette(routes=[Route("/shoe.png", lambda _: Response(png, media_type="image/png"))])
-    from tests.support.servers import serve_in_thread
+    from relightq.serving import serve_in_thread
 
     with serve_in_thread(app) as base:
         result = client.relight(RelightParams(prompt="p"), f"{base}/shoe.png")
@@ -94,7 +94,7 @@ def test_406_not_enough_credits_is_out_of_credits(
     client: SegmindClient, simulator: httpx.Client
 ) -> None:
     simulator.post("/admin/config", json={"credits": 0.01}).raise_for_status()
-    with pytest.raises(SegmindOutOfCredits, match="(?i)not enough credits"):
+    with pytest.raises(SegmindOutOfCredits, match=r"(?i)not enough credits"):
         client.relight(RelightParams(prompt="p"), UPLOAD)
 
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from relightq.simulator.app import create_app
 from relightq.simulator.state import SimulatorState
-from tests.support.servers import serve_in_thread
+from relightq.serving import serve_in_thread
 
 KEY = {"x-api-key": "test-key"}
 SMALL = {"width": 256, "height": 320, "highres_scale": 1}  # small outputs keep the suite fast

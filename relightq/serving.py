@@ -1,4 +1,4 @@
-"""Run real HTTP servers for ASGI apps inside the test process (simulator, API, fixtures)."""
+"""Serve an ASGI app with uvicorn in a background thread (the demo, the tests)."""
 
 from __future__ import annotations
 
