@@ -105,6 +105,17 @@ def demo(
     raise typer.Exit(run_demo(out, console))
 
 
+@app.command("create-bucket")
+def create_bucket() -> None:
+    """Create RELIGHTQ_S3_BUCKET if it does not exist (for MinIO or a local S3 server)."""
+    from relightq.settings import get_settings
+    from relightq.storage import S3Storage
+
+    storage = S3Storage(get_settings())
+    storage.ensure_bucket()
+    console.print(f"bucket [bold]{storage.bucket}[/bold] is ready")
+
+
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant name; created if new.")],

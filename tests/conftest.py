@@ -37,10 +37,11 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 
 from relightq.db import session_scope  # noqa: E402
 from relightq.migrate import upgrade  # noqa: E402
+from relightq.serving import free_port, serve_in_thread  # noqa: E402
 from relightq.settings import get_settings  # noqa: E402
+from relightq.storage import S3Storage  # noqa: E402
 from relightq.tenants.service import create_key, get_or_create_tenant  # noqa: E402
 from tests.support.caches import reset_caches  # noqa: E402
-from relightq.serving import free_port, serve_in_thread  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def services(database: str) -> Iterator[Services]:
         with serve_in_thread(create_simulator()) as simulator_url:
             os.environ["RELIGHTQ_SIMULATOR_URL"] = simulator_url
             reset_caches()
-            s3_client().create_bucket(Bucket=get_settings().s3_bucket)
+            S3Storage(get_settings()).ensure_bucket()
             with serve_in_thread(create_app()) as api_url:
                 yield Services(s3=s3_url, simulator=simulator_url, api=api_url)
     finally:

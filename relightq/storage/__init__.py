@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from relightq.settings import Settings, get_settings
 
@@ -74,6 +75,13 @@ class S3Storage:
                 max_pool_connections=50,
             ),
         )
+
+    def ensure_bucket(self) -> None:
+        """Create relightq's bucket unless it already exists."""
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._client.create_bucket(Bucket=self.bucket)
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         """Write ``data`` at ``key`` in relightq's bucket."""

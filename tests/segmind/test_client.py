@@ -24,9 +24,9 @@ from relightq.segmind.errors import (
     SegmindUnavailable,
 )
 from relightq.segmind.params import RelightParams
+from relightq.serving import free_port
 from tests.conftest import Services
 from tests.support.images import product_png
-from relightq.serving import free_port
 
 UPLOAD = SubjectUpload(product_png(), "shoe.png", "image/png")
 

@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from relightq.serving import serve_in_thread
 from relightq.simulator.app import create_app
 from relightq.simulator.state import SimulatorState
-from relightq.serving import serve_in_thread
 
 KEY = {"x-api-key": "test-key"}
 SMALL = {"width": 256, "height": 320, "highres_scale": 1}  # small outputs keep the suite fast

@@ -1,0 +1,135 @@
+"""The runner's claim and lease: at most one upstream call per job, whatever the broker does."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from relightq.db import session_scope, utcnow
+from relightq.jobs.models import Job, JobOutput, JobStatus
+from relightq.jobs.runner import Claim, _succeed, claim, retry_delay
+from relightq.jobs.schemas import JobOptions
+from relightq.segmind.client import RelightResult, RelitImage
+from relightq.settings import get_settings
+from tests.conftest import TenantKey
+from tests.support.images import product_png
+
+
+def new_job(tenant: TenantKey) -> uuid.UUID:
+    with session_scope() as session:
+        job = Job(
+            tenant_id=tenant.id,
+            params=JobOptions(prompt="p").relight_params().model_dump(),
+            subject_image="https://example.com/a.png",
+        )
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def try_claim(job_id: uuid.UUID, lease_seconds: int = 60) -> Claim | None:
+    with session_scope() as session:
+        return claim(session, job_id, lease_seconds)
+
+
+def test_of_many_concurrent_deliveries_exactly_one_claims_the_job(tenant: TenantKey) -> None:
+    job_id = new_job(tenant)
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(lambda _: try_claim(job_id), range(8)))
+    assert sum(c is not None for c in claims) == 1
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.attempts) == (JobStatus.RUNNING, 1)
+
+
+def test_a_running_job_is_reclaimed_only_after_its_lease_expires(tenant: TenantKey) -> None:
+    job_id = new_job(tenant)
+    first = try_claim(job_id)
+    assert first is not None and try_claim(job_id) is None
+    with session_scope() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(1))
+        )
+    second = try_claim(job_id)
+    assert second is not None and second.token != first.token and second.attempts == 2
+
+
+def test_a_job_due_later_is_not_claimed_early(tenant: TenantKey) -> None:
+    job_id = new_job(tenant)
+    with session_scope() as session:
+        later = utcnow() + timedelta(minutes=5)
+        session.execute(update(Job).where(Job.id == job_id).values(run_after=later))
+    assert try_claim(job_id) is None
+
+
+def test_final_and_missing_jobs_are_not_claimed(tenant: TenantKey) -> None:
+    job_id = new_job(tenant)
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED))
+    assert try_claim(job_id) is None
+    assert try_claim(uuid.uuid4()) is None
+
+
+class MemoryStorage:
+    """A fake store for the pure bookkeeping below (real S3 is covered end to end)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes, content_type: str) -> str:
+        self.objects[key] = data
+        return f"mem://{key}"
+
+    def get(self, uri: str) -> bytes:
+        return self.objects[uri.removeprefix("mem://")]
+
+    def url(self, uri: str) -> str:
+        return uri
+
+    def delete(self, uri: str) -> None:
+        self.objects.pop(uri.removeprefix("mem://"), None)
+
+
+def test_a_worker_that_lost_its_lease_cannot_record_an_outcome(tenant: TenantKey) -> None:
+    from relightq.jobs.runner import RunnerDeps
+
+    job_id = new_job(tenant)
+    stale = try_claim(job_id)
+    assert stale is not None
+    with session_scope() as session:
+        session.execute(
+            update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(1))
+        )
+    current = try_claim(job_id)
+    assert current is not None
+    storage = MemoryStorage()
+    deps = RunnerDeps(get_settings(), None, storage)  # type: ignore[arg-type]
+    result = RelightResult([RelitImage(product_png(), "image/png")], 9.0)
+
+    _succeed(stale, result, deps)
+    with session_scope() as session:
+        assert session.get_one(Job, job_id).status == JobStatus.RUNNING
+        assert list(session.scalars(select(JobOutput).where(JobOutput.job_id == job_id))) == []
+
+    _succeed(current, result, deps)
+    _succeed(current, result, deps)  # a repeated finish is discarded too
+    with session_scope() as session:
+        assert session.get_one(Job, job_id).status == JobStatus.SUCCEEDED
+        outputs = list(session.scalars(select(JobOutput).where(JobOutput.job_id == job_id)))
+    assert [o.index for o in outputs] == [0]
+    assert list(storage.objects) == [f"outputs/{tenant.id}/{job_id}/0.png"]
+
+
+def test_retry_delays_grow_exponentially_with_full_jitter() -> None:
+    settings = get_settings().model_copy(
+        update={"retry_base_delay_seconds": 2.0, "retry_max_delay_seconds": 60.0}
+    )
+    samples = {
+        attempt: [retry_delay(attempt, settings) for _ in range(300)] for attempt in (1, 4, 9)
+    }
+    assert all(0 <= d <= 2 for d in samples[1])
+    assert all(0 <= d <= 16 for d in samples[4]) and max(samples[4]) > 8
+    assert all(0 <= d <= 60 for d in samples[9]) and max(samples[9]) > 30
