@@ -1,0 +1,188 @@
+"""docker-compose.yml: accepted by Compose, and pinned to the production shape of SPEC §4."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+# Services that run once and exit; everything else must stay up.
+ONE_SHOT = {"migrate", "minio-init"}
+APP_SERVICES = {"migrate", "api", "worker", "beat", "simulator"}
+WAITS_FOR_EVERYTHING = {"api", "worker", "beat"}
+
+
+def compose_command() -> list[str] | None:
+    """`docker compose` (v2 plugin) if it works, else `docker-compose` (v1), else None."""
+    docker = shutil.which("docker")
+    if docker is not None:
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, timeout=60
+        )
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy is not None else None
+
+
+@cache
+def compose() -> dict[str, Any]:
+    """The compose file as YAML (anchors and merge keys resolved, variables not)."""
+    with COMPOSE_FILE.open() as f:
+        data = yaml.safe_load(f)
+    assert isinstance(data, dict)
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    """Service name to its definition."""
+    found = compose()["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+def long_running() -> dict[str, dict[str, Any]]:
+    """The services that are meant to stay up."""
+    return {name: svc for name, svc in services().items() if name not in ONE_SHOT}
+
+
+def conditions(service: str) -> dict[str, str]:
+    """What ``service`` waits for: dependency name to condition (long syntax only)."""
+    depends = services()[service].get("depends_on", {})
+    assert isinstance(depends, dict), f"{service}: use the long depends_on syntax with conditions"
+    return {dep: spec["condition"] for dep, spec in depends.items()}
+
+
+def test_compose_file_is_accepted_by_docker_compose_config() -> None:
+    command = compose_command()
+    if command is None:
+        reason = "neither `docker compose` nor `docker-compose` is installed"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must install it (apt-get install docker-compose)")
+        pytest.skip(f"{reason} (apt-get install docker-compose to run this check)")
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "--profile", "simulator", "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{' '.join(command)} config failed:\n{result.stderr}"
+
+
+def test_file_uses_the_compose_specification() -> None:
+    assert "version" not in compose()
+
+
+def test_expected_services_exist() -> None:
+    expected = {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker", "beat"}
+    assert expected | {"simulator"} <= set(services())
+
+
+def test_redis_keeps_queued_messages() -> None:
+    redis = services()["redis"]
+    command = redis["command"]
+    text = command if isinstance(command, str) else " ".join(command)
+    assert "--appendonly yes" in text
+    assert "--maxmemory-policy noeviction" in text
+    assert any(str(v).endswith(":/data") for v in redis.get("volumes", []))
+
+
+def test_postgres_is_16_with_a_named_volume() -> None:
+    postgres = services()["postgres"]
+    assert postgres["image"].startswith("postgres:16")
+    volumes = [str(v).split(":")[0] for v in postgres.get("volumes", [])]
+    assert any(v in compose().get("volumes", {}) for v in volumes)
+
+
+@pytest.mark.parametrize("service", sorted(WAITS_FOR_EVERYTHING))
+def test_app_services_wait_for_healthy_stores_and_migrations(service: str) -> None:
+    waits = conditions(service)
+    assert waits.get("postgres") == "service_healthy"
+    assert waits.get("redis") == "service_healthy"
+    assert waits.get("migrate") == "service_completed_successfully"
+    assert waits.get("minio-init") == "service_completed_successfully"
+
+
+def test_migrate_waits_for_healthy_postgres() -> None:
+    assert services()["migrate"]["command"] == ["migrate"]
+    assert conditions("migrate").get("postgres") == "service_healthy"
+
+
+def test_simulator_is_behind_its_profile() -> None:
+    simulator = services()["simulator"]
+    assert simulator.get("profiles") == ["simulator"]
+    # Nothing may require it, or a deployment with a real Segmind key could not start.
+    for name in services():
+        if name != "simulator":
+            assert "simulator" not in services()[name].get("depends_on", {}), name
+
+
+def test_only_the_simulator_is_behind_a_profile() -> None:
+    profiled = {name for name, svc in services().items() if svc.get("profiles")}
+    assert profiled == {"simulator"}
+
+
+def test_long_running_services_restart() -> None:
+    for name, svc in long_running().items():
+        assert svc.get("restart") == "unless-stopped", name
+    for name in ONE_SHOT:
+        assert services()[name].get("restart", "no") == "no", name
+
+
+def test_long_running_services_are_healthchecked_or_wait_on_healthy_ones() -> None:
+    for name, svc in long_running().items():
+        if "healthcheck" in svc:
+            continue
+        waits = conditions(name)
+        assert waits, f"{name} has neither a healthcheck nor healthy dependencies"
+        assert set(waits.values()) <= {"service_healthy", "service_completed_successfully"}, name
+
+
+def test_service_healthy_targets_define_a_healthcheck() -> None:
+    for name in services():
+        for dep, condition in conditions(name).items():
+            if condition == "service_healthy":
+                assert "healthcheck" in services()[dep], f"{name} waits on {dep}: no healthcheck"
+
+
+def test_app_services_share_one_image_built_once() -> None:
+    app = {name: services()[name] for name in APP_SERVICES}
+    assert {svc["image"] for svc in app.values()} == {"relightq:latest"}
+    assert any("build" in svc for svc in app.values())
+
+
+def test_workers_can_scale_and_beat_is_single() -> None:
+    assert "container_name" not in services()["worker"]
+    assert services()["worker"]["command"] == ["worker"]
+    assert services()["beat"]["command"] == ["beat"]
+    assert "deploy" not in services()["beat"] or services()["beat"]["deploy"].get("replicas") == 1
+
+
+def test_app_services_share_the_relightq_environment() -> None:
+    required = {
+        "RELIGHTQ_DATABASE_URL",
+        "RELIGHTQ_BROKER_URL",
+        "RELIGHTQ_S3_BUCKET",
+        "RELIGHTQ_S3_ENDPOINT_URL",
+        "RELIGHTQ_SEGMIND_API_KEY",
+        "RELIGHTQ_SEGMIND_BASE_URL",
+        "RELIGHTQ_SIMULATOR_URL",
+    }
+    for name in WAITS_FOR_EVERYTHING | {"migrate"}:
+        env = services()[name]["environment"]
+        assert isinstance(env, dict), name
+        assert required <= set(env), name
+    # An empty key selects the simulator; a real one comes from the host, never the file.
+    assert services()["api"]["environment"]["RELIGHTQ_SEGMIND_API_KEY"] == (
+        "${RELIGHTQ_SEGMIND_API_KEY:-}"
+    )
