@@ -27,16 +27,26 @@ class Queue(StrEnum):
     """Celery queues; separate so slow upstream calls never delay other kinds of work."""
 
     RELIGHT = "relight"  # one message per job; each may hold an upstream call for ~30 s
+    # Probes, wake-ups and sweeps must not wait behind a 100k-job backlog.
+    CONTROL = "control"
 
 
 class TaskName(StrEnum):
     """Stable task names: messages in flight outlive deploys, so these never change."""
 
     RELIGHT_RUN = "relight.run"
+    RELIGHT_SWEEP = "relight.sweep"
+    THROTTLE_PROBE = "throttle.probe"
+    THROTTLE_WAKE = "throttle.wake"
 
 
 # Celery's Redis transport emulates priorities with one list per step; 0 is served first.
 PRIORITY_STEPS = list(range(10))
+
+
+def queue_keys(queue: Queue) -> list[str]:
+    """The Redis lists Celery keeps for ``queue``: one per priority step ("name:step")."""
+    return [queue.value] + [f"{queue.value}:{step}" for step in PRIORITY_STEPS[1:]]
 
 
 def configure_celery(app: Celery, settings: Settings) -> None:
@@ -61,7 +71,41 @@ def configure_celery(app: Celery, settings: Settings) -> None:
             "queue_order_strategy": "priority",
         },
         worker_hijack_root_logger=False,
+        task_routes={
+            TaskName.RELIGHT_SWEEP.value: {"queue": Queue.CONTROL.value},
+            TaskName.THROTTLE_PROBE.value: {"queue": Queue.CONTROL.value},
+            TaskName.THROTTLE_WAKE.value: {"queue": Queue.CONTROL.value},
+        },
+        beat_schedule={
+            "sweep": {
+                "task": TaskName.RELIGHT_SWEEP.value,
+                "schedule": settings.sweep_interval_seconds,
+                "options": {
+                    "queue": Queue.CONTROL.value,
+                    "expires": settings.sweep_interval_seconds,
+                },
+            }
+        },
     )
+    if settings.broker_url.startswith("memory://"):
+        # The demo's in-process broker: poll often, there is no network to spare.
+        app.conf.broker_transport_options = {"polling_interval": 0.05}
+
+
+def broker_backlog(settings: Settings, queue: Queue = Queue.RELIGHT) -> int:
+    """Messages waiting in ``queue`` on the Redis broker (all priority steps)."""
+    import redis
+
+    if not settings.broker_url.startswith(("redis://", "rediss://")):
+        return 0
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=10)
+    try:
+        pipe = client.pipeline()
+        for key in queue_keys(queue):
+            pipe.llen(key)
+        return int(sum(pipe.execute()))
+    finally:
+        client.close()
 
 
 @lru_cache

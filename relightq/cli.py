@@ -50,7 +50,7 @@ def worker(
             "worker",
             "--pool=threads",
             f"--concurrency={threads}",
-            f"--queues={Queue.RELIGHT.value}",
+            f"--queues={Queue.RELIGHT.value},{Queue.CONTROL.value}",
             "--loglevel=INFO",
             "--without-gossip",
             "--without-mingle",

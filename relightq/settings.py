@@ -6,7 +6,7 @@ import logging
 from functools import lru_cache
 from itertools import pairwise
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,34 @@ class Settings(BaseSettings):
     job_lease_seconds: int = 900
 
     max_attempts: int = 5
-    # How long a job waits before trying again while credits are out or the key is refused.
-    pause_recheck_seconds: float = 30.0
     retry_base_delay_seconds: float = 2.0
     retry_max_delay_seconds: float = 300.0
 
     max_request_bytes: int = 25 * 1024 * 1024
     max_upload_bytes: int = 20 * 1024 * 1024
 
-    worker_concurrency: int = 8
+    worker_concurrency: int = 16
+
+    # Fleet-wide limits (SPEC guarantee 4); Segmind plans allow 5 (free) or 50 (pro) a minute.
+    redis_url: str | None = None  # fleet state; defaults to the broker when that is Redis
+    max_concurrent_calls: int = Field(default=5, ge=1)
+    max_calls_per_minute: int = Field(default=5, ge=1)
+    # Pause before the balance reaches zero (SPEC guarantee 3).
+    credit_reserve: float = Field(default=0.0, ge=0)
+    probe_interval_seconds: float = 30.0
+    probe_max_interval_seconds: float = 600.0
+    # How long a claimed job waits for a free upstream slot before going back to the queue.
+    slot_wait_seconds: float = 60.0
+    sweep_interval_seconds: float = 30.0
+    # A queued job untouched this long, with nothing left in the broker, lost its wake-up.
+    sweep_grace_seconds: float = 120.0
+
+    @property
+    def fleet_redis_url(self) -> str | None:
+        """Where the fleet's shared state lives; None means in-process (the demo)."""
+        if self.redis_url:
+            return self.redis_url
+        return self.broker_url if self.broker_url.startswith(("redis://", "rediss://")) else None
 
     @model_validator(mode="after")
     def _timeouts_are_ordered(self) -> Settings:

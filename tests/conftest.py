@@ -16,7 +16,10 @@ os.environ.update(
     RELIGHTQ_RETRY_BASE_DELAY_SECONDS="0.2",
     RELIGHTQ_RETRY_MAX_DELAY_SECONDS="1",
     RELIGHTQ_MAX_ATTEMPTS="3",
-    RELIGHTQ_PAUSE_RECHECK_SECONDS="1",
+    RELIGHTQ_MAX_CONCURRENT_CALLS="4",
+    RELIGHTQ_MAX_CALLS_PER_MINUTE="100000",
+    RELIGHTQ_PROBE_INTERVAL_SECONDS="0.5",
+    RELIGHTQ_PROBE_MAX_INTERVAL_SECONDS="2",
     RELIGHTQ_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024),
     RELIGHTQ_MAX_REQUEST_BYTES=str(3 * 1024 * 1024),
 )
@@ -94,7 +97,9 @@ def celery_worker(services: Services) -> Iterator[None]:
 
     from worker.tasks import app
 
-    with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False):
+    with start_worker(
+        app, pool="threads", concurrency=4, perform_ping_check=False, queues=["relight", "control"]
+    ):
         yield
 
 

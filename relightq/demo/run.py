@@ -39,6 +39,9 @@ def _configure(out_dir: Path, simulator_url: str | None) -> None:
     os.environ["RELIGHTQ_LOCAL_STORAGE_DIR"] = str(out_dir / "bucket")
     if simulator_url:
         os.environ["RELIGHTQ_SIMULATOR_URL"] = simulator_url
+        # The simulator has no plan limits; real Segmind keeps the configured ones.
+        os.environ.setdefault("RELIGHTQ_MAX_CALLS_PER_MINUTE", "600")
+        os.environ.setdefault("RELIGHTQ_MAX_CONCURRENT_CALLS", "4")
     from relightq.settings import get_settings
 
     get_settings.cache_clear()
@@ -88,7 +91,15 @@ def _relight_catalog(out_dir: Path, console: Console, stack: ExitStack) -> int:
 
     settings = get_settings()
     upgrade(settings.database_url)
-    stack.enter_context(start_worker(app, pool="threads", concurrency=4, perform_ping_check=False))
+    stack.enter_context(
+        start_worker(
+            app,
+            pool="threads",
+            concurrency=4,
+            perform_ping_check=False,
+            queues=["relight", "control"],
+        )
+    )
     images = sorted(CATALOG_DIR.glob("*.png"))
     started = time.monotonic()
     job_ids: list[uuid.UUID] = []

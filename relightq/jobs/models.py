@@ -100,3 +100,22 @@ class UpstreamState(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     remaining_credits: Mapped[float | None] = mapped_column(default=None)
     credits_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class JobAttempt(Base):
+    """One upstream call made for a job, with how it ended (every call, counted or not)."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (Index("ix_job_attempts_job", "job_id", "started_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    # False for calls that do not use up an attempt: 401, 406 credits, 429.
+    counted: Mapped[bool] = mapped_column(default=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # succeeded | failed | retry | waiting
+    http_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime())

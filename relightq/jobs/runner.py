@@ -1,7 +1,11 @@
-"""Running one job: claim it, call Segmind, store the images, record the outcome.
+"""Running one job: admission, claim, the Segmind call, storing images, recording the outcome.
 
-This is the whole of "what happens on a 406" and every other upstream answer; the
+This file is the whole of "what happens on a 406" and every other upstream answer; the
 Celery task in ``worker/`` only calls :func:`run_job` with an id.
+
+Order of one run: skip at once if the fleet is paused (park the job as waiting); claim
+the row with a lease; wait for a fleet slot (concurrency and per-minute caps); call
+Segmind; free the slot; write the outcome only while the lease is still ours.
 """
 
 from __future__ import annotations
@@ -9,18 +13,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import or_, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from relightq.broker import Queue, TaskName, enqueue_after_commit
 from relightq.db import session_scope, utcnow
-from relightq.jobs.models import Job, JobOutput, JobStatus, UpstreamState
-from relightq.jobs.service import output_key
+from relightq.jobs.models import Job, JobAttempt, JobOutput, JobStatus, UpstreamState
+from relightq.jobs.service import output_key, publish_job
 from relightq.segmind.client import RelightResult, SegmindClient, SubjectUpload, sniff_image_type
 from relightq.segmind.errors import (
     SegmindError,
@@ -32,10 +39,22 @@ from relightq.segmind.errors import (
 from relightq.segmind.params import RelightParams
 from relightq.settings import Settings
 from relightq.storage import Storage, StorageError
+from relightq.throttle.fleet import Admission, Fleet
+from relightq.throttle.service import CREDIT_RESERVE, pause_fleet
 
 log = logging.getLogger(__name__)
 
 RATE_LIMIT_FALLBACK_SECONDS = 10.0
+SLOT_POLL_SECONDS = 0.01
+
+# A call's outcome has happened upstream (credits spent); losing the record of it to a
+# PostgreSQL restart would make the job run again. Keep trying for a while instead.
+_outlive_db_restart = retry(
+    retry=retry_if_exception_type(OperationalError),
+    wait=wait_exponential_jitter(multiplier=0.5, max=5),
+    stop=stop_after_delay(120),
+    reraise=True,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,7 @@ class Claim:
     tenant_id: uuid.UUID
     token: uuid.UUID
     attempts: int
+    priority: int
     params: dict[str, Any]
     subject_image: str
 
@@ -57,6 +77,16 @@ class RunnerDeps:
     settings: Settings
     client: SegmindClient
     storage: Storage
+    fleet: Fleet
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One upstream call, for the job's attempt log."""
+
+    started_at: datetime
+    http_status: int | None
+    error: SegmindError | None = None
 
 
 def claim(session: Session, job_id: uuid.UUID, lease_seconds: int) -> Claim | None:
@@ -87,11 +117,24 @@ def claim(session: Session, job_id: uuid.UUID, lease_seconds: int) -> Claim | No
             run_after=None,
             waiting_reason=None,
         )
-        .returning(Job.tenant_id, Job.attempts, Job.params, Job.subject_image)
+        .returning(Job.tenant_id, Job.attempts, Job.priority, Job.params, Job.subject_image)
     ).one_or_none()
     if row is None:
         return None
-    return Claim(job_id, row.tenant_id, token, row.attempts, row.params, row.subject_image)
+    return Claim(
+        job_id, row.tenant_id, token, row.attempts, row.priority, row.params, row.subject_image
+    )
+
+
+def park_for_pause(session: Session, job_id: uuid.UUID, reason: str) -> bool:
+    """Mark a not-yet-running job as waiting for the fleet; resuming wakes it. No attempt used."""
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]))
+        .where(Job.run_after.is_(None))
+        .values(status=JobStatus.WAITING, waiting_reason=reason, updated_at=utcnow())
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
 def _owned_update(claim_: Claim, **values: Any) -> Any:
@@ -117,8 +160,22 @@ def _load_subject(claim_: Claim, storage: Storage) -> str | SubjectUpload:
     return SubjectUpload(data, subject.rsplit("/", 1)[-1], content_type)
 
 
+def pause_reason(fleet: Fleet) -> str | None:
+    """Why the fleet is paused, or None when it is running."""
+    state = fleet.state()
+    if not state.paused:
+        return None
+    return f"fleet paused ({state.code}): {state.reason}"
+
+
 def run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     """Run one job to its next state. Safe to call any number of times for the same id."""
+    reason = pause_reason(deps.fleet)
+    if reason:
+        # Parked once, not re-queued: a paused fleet must not spin messages.
+        with session_scope() as session:
+            park_for_pause(session, job_id, reason)
+        return
     with session_scope() as session:
         claim_ = claim(session, job_id, deps.settings.job_lease_seconds)
     if claim_ is None:
@@ -128,25 +185,173 @@ def run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     try:
         subject = _load_subject(claim_, deps.storage)
     except (StorageError, ValueError) as exc:
-        _fail(claim_, "input_unreadable", f"could not read subject_image: {exc}")
+        _finish(
+            claim_,
+            None,
+            status=JobStatus.FAILED,
+            code="input_unreadable",
+            message=f"could not read subject_image: {exc}",
+        )
         return
     params = RelightParams.model_validate(claim_.params)
+
+    slot = str(uuid.uuid4())
+    admission = wait_for_slot(deps.fleet, slot, deps.settings.slot_wait_seconds)
+    if not admission.admitted:
+        _not_admitted(claim_, admission, deps)
+        return
+    started = utcnow()
     try:
         result = deps.client.relight(params, subject)
     except SegmindError as exc:
-        _handle_upstream_error(claim_, exc, deps.settings)
+        deps.fleet.release(slot)
+        _handle_upstream_error(claim_, CallRecord(started, exc.status, exc), deps)
         return
-    _succeed(claim_, result, deps)
+    deps.fleet.release(slot)
+    _succeed(claim_, result, deps, CallRecord(started, 200))
 
 
-def _succeed(claim_: Claim, result: RelightResult, deps: RunnerDeps) -> None:
+def wait_for_slot(
+    fleet: Fleet, slot: str, max_wait: float, sleep: Callable[[float], None] = time.sleep
+) -> Admission:
+    """Ask the fleet for a slot until admitted, paused, or ``max_wait`` seconds have passed."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        admission = fleet.acquire(slot)
+        remaining = deadline - time.monotonic()
+        if admission.admitted or admission.reason == "paused" or remaining <= 0:
+            return admission
+        # Short jittered polls keep a freed slot busy within milliseconds without
+        # stampeding Redis; known waits (a 429 hold, a full minute window) sleep longer.
+        pause = admission.retry_after or SLOT_POLL_SECONDS * (1 + random.random())
+        sleep(min(pause, remaining, 1.0))
+
+
+def _not_admitted(claim_: Claim, admission: Admission, deps: RunnerDeps) -> None:
+    if admission.reason == "paused":
+        _finish(
+            claim_,
+            None,
+            status=JobStatus.WAITING,
+            refund=True,
+            waiting_reason=pause_reason(deps.fleet) or "fleet paused",
+        )
+    else:
+        # The fleet is busy; hand the job back to the queue rather than hold a thread.
+        _finish(
+            claim_,
+            None,
+            status=JobStatus.QUEUED,
+            refund=True,
+            waiting_reason=f"waiting for an upstream slot ({admission.reason})",
+            publish_after=admission.retry_after,
+        )
+
+
+def _handle_upstream_error(claim_: Claim, call: CallRecord, deps: RunnerDeps) -> None:
+    exc = call.error
+    assert exc is not None
+    settings = deps.settings
+    if isinstance(exc, SegmindRejected):
+        _finish(
+            claim_,
+            call,
+            status=JobStatus.FAILED,
+            code=exc.code,
+            message=f"Segmind answered {exc.status}: {exc.message}",
+        )
+    elif isinstance(exc, SegmindOutOfCredits | SegmindUnauthorized):
+        # Not the job's fault: the whole fleet pauses and the job waits for the resume.
+        pause_fleet(deps.fleet, exc.code, exc.message)
+        _finish(
+            claim_,
+            call,
+            status=JobStatus.WAITING,
+            refund=True,
+            waiting_reason=pause_reason(deps.fleet) or exc.message,
+        )
+    elif isinstance(exc, SegmindRateLimited):
+        delay = RATE_LIMIT_FALLBACK_SECONDS
+        if exc.reset_at is not None:
+            delay = max(0.5, (exc.reset_at - utcnow()).total_seconds())
+        deps.fleet.hold_until(time.time() + delay)
+        _finish(
+            claim_,
+            call,
+            status=JobStatus.WAITING,
+            refund=True,
+            waiting_reason="segmind_rate_limited",
+            publish_after=delay,
+        )
+    elif claim_.attempts >= settings.max_attempts:
+        _finish(
+            claim_,
+            call,
+            status=JobStatus.FAILED,
+            code=exc.code,
+            message=f"gave up after {claim_.attempts} attempts: {exc.message}",
+        )
+    else:
+        _finish(
+            claim_,
+            call,
+            status=JobStatus.QUEUED,
+            waiting_reason=f"retrying after {exc.code}: {exc.message}",
+            publish_after=retry_delay(claim_.attempts, settings),
+        )
+
+
+def _attempt_row(claim_: Claim, call: CallRecord, *, outcome: str, counted: bool) -> JobAttempt:
+    return JobAttempt(
+        job_id=claim_.job_id,
+        number=claim_.attempts,
+        counted=counted,
+        outcome=outcome,
+        http_status=call.http_status,
+        error_code=call.error.code if call.error else None,
+        error_message=call.error.message[:2000] if call.error else None,
+        started_at=call.started_at,
+        finished_at=utcnow(),
+    )
+
+
+@_outlive_db_restart
+def _finish(
+    claim_: Claim,
+    call: CallRecord | None,
+    *,
+    status: JobStatus,
+    refund: bool = False,
+    code: str | None = None,
+    message: str | None = None,
+    waiting_reason: str | None = None,
+    publish_after: float | None = None,
+) -> None:
+    """Record any outcome but success; ``publish_after`` schedules the next run."""
+    values: dict[str, Any] = {"status": status, "waiting_reason": waiting_reason}
+    if refund:
+        values["attempts"] = Job.attempts - 1
+    if status == JobStatus.FAILED:
+        values.update(error_code=code, error_message=message, finished_at=utcnow())
+    if publish_after is not None:
+        values["run_after"] = utcnow() + timedelta(seconds=publish_after)
+    with session_scope() as session:
+        done = session.execute(_owned_update(claim_, **values))
+        if call is not None:
+            outcome = {JobStatus.FAILED: "failed", JobStatus.QUEUED: "retry"}.get(status, "waiting")
+            session.add(_attempt_row(claim_, call, outcome=outcome, counted=not refund))
+        if done.rowcount and publish_after is not None:  # type: ignore[attr-defined]
+            publish_job(session, claim_.job_id, claim_.priority, countdown=publish_after)
+    log.info("job %s -> %s %s", claim_.job_id, status.value, code or waiting_reason or "")
+
+
+def _succeed(claim_: Claim, result: RelightResult, deps: RunnerDeps, call: CallRecord) -> None:
     # Objects first, at deterministic keys: a crash before the commit below leaves the
     # job to be reclaimed, and the rerun overwrites the same keys instead of adding more.
     outputs = []
     for index, image in enumerate(result.images):
         key = output_key(claim_.tenant_id, claim_.job_id, index, image.content_type)
         uri = deps.storage.put(key, image.data, image.content_type)
-        digest = hashlib.sha256(image.data).hexdigest()
         outputs.append(
             JobOutput(
                 job_id=claim_.job_id,
@@ -154,11 +359,31 @@ def _succeed(claim_: Claim, result: RelightResult, deps: RunnerDeps) -> None:
                 uri=uri,
                 content_type=image.content_type,
                 bytes=len(image.data),
-                sha256=digest,
+                sha256=hashlib.sha256(image.data).hexdigest(),
             )
         )
-    now = utcnow()
     credits = deps.settings.segmind_credits_per_image * len(result.images)
+    _record_success(claim_, outputs, credits, result.remaining_credits, call)
+    if result.remaining_credits is not None:
+        deps.fleet.record_credits(result.remaining_credits)
+        reserve = deps.settings.credit_reserve
+        if reserve and result.remaining_credits < reserve:
+            pause_fleet(
+                deps.fleet,
+                CREDIT_RESERVE,
+                f"{result.remaining_credits:.3f} credits left, below the reserve of {reserve}",
+            )
+
+
+@_outlive_db_restart
+def _record_success(
+    claim_: Claim,
+    outputs: list[JobOutput],
+    credits: float,
+    remaining: float | None,
+    call: CallRecord,
+) -> None:
+    now = utcnow()
     with session_scope() as session:
         done = session.execute(
             _owned_update(
@@ -166,19 +391,20 @@ def _succeed(claim_: Claim, result: RelightResult, deps: RunnerDeps) -> None:
                 status=JobStatus.SUCCEEDED,
                 finished_at=now,
                 credits_used=credits,
-                remaining_credits=result.remaining_credits,
+                remaining_credits=remaining,
                 error_code=None,
                 error_message=None,
                 waiting_reason=None,
             )
         )
+        session.add(_attempt_row(claim_, call, outcome="succeeded", counted=True))
         if done.rowcount != 1:  # type: ignore[attr-defined]
             log.warning("job %s lost its lease before finishing; outcome discarded", claim_.job_id)
             return
-        session.execute(delete(JobOutput).where(JobOutput.job_id == claim_.job_id))
+        session.query(JobOutput).filter(JobOutput.job_id == claim_.job_id).delete()
         session.add_all(outputs)
-        if result.remaining_credits is not None:
-            record_credits(session, result.remaining_credits, now)
+        if remaining is not None:
+            record_credits(session, remaining, now)
     log.info("job %s succeeded with %d image(s)", claim_.job_id, len(outputs))
 
 
@@ -192,39 +418,6 @@ def record_credits(session: Session, remaining: float, seen_at: datetime) -> Non
         state.credits_seen_at = seen_at
 
 
-def _fail(claim_: Claim, code: str, message: str) -> None:
-    with session_scope() as session:
-        session.execute(
-            _owned_update(
-                claim_,
-                status=JobStatus.FAILED,
-                finished_at=utcnow(),
-                error_code=code,
-                error_message=message,
-            )
-        )
-    log.info("job %s failed: %s", claim_.job_id, code)
-
-
-def _requeue(claim_: Claim, delay: float, *, refund: bool, status: JobStatus, reason: str) -> None:
-    """Put the job back to run again after ``delay`` seconds, and schedule its wake-up."""
-    run_after = utcnow() + timedelta(seconds=delay)
-    with session_scope() as session:
-        session.execute(
-            _owned_update(
-                claim_,
-                status=status,
-                run_after=run_after,
-                waiting_reason=reason,
-                attempts=Job.attempts - 1 if refund else Job.attempts,
-            )
-        )
-        enqueue_after_commit(
-            session, TaskName.RELIGHT_RUN, str(claim_.job_id), queue=Queue.RELIGHT, countdown=delay
-        )
-    log.info("job %s will run again in %.1fs: %s", claim_.job_id, delay, reason)
-
-
 def retry_delay(attempt: int, settings: Settings) -> float:
     """Exponential backoff with full jitter, the AWS Architecture Blog scheme.
 
@@ -235,34 +428,3 @@ def retry_delay(attempt: int, settings: Settings) -> float:
         settings.retry_max_delay_seconds, settings.retry_base_delay_seconds * 2 ** (attempt - 1)
     )
     return random.uniform(0, ceiling)
-
-
-def _handle_upstream_error(claim_: Claim, exc: SegmindError, settings: Settings) -> None:
-    if isinstance(exc, SegmindRejected):
-        _fail(claim_, exc.code, f"Segmind answered {exc.status}: {exc.message}")
-    elif isinstance(exc, SegmindOutOfCredits | SegmindUnauthorized):
-        # Not the job's fault: it waits without losing an attempt.
-        _requeue(
-            claim_,
-            settings.pause_recheck_seconds,
-            refund=True,
-            status=JobStatus.WAITING,
-            reason=f"{exc.code}: {exc.message}",
-        )
-    elif isinstance(exc, SegmindRateLimited):
-        delay = RATE_LIMIT_FALLBACK_SECONDS
-        if exc.reset_at is not None:
-            delay = max(0.5, (exc.reset_at - utcnow()).total_seconds())
-        _requeue(
-            claim_, delay, refund=True, status=JobStatus.WAITING, reason="segmind_rate_limited"
-        )
-    elif claim_.attempts >= settings.max_attempts:
-        _fail(claim_, exc.code, f"gave up after {claim_.attempts} attempts: {exc.message}")
-    else:
-        _requeue(
-            claim_,
-            retry_delay(claim_.attempts, settings),
-            refund=False,
-            status=JobStatus.QUEUED,
-            reason=f"retrying after {exc.code}: {exc.message}",
-        )

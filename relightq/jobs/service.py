@@ -33,10 +33,17 @@ def output_key(tenant_id: uuid.UUID, job_id: uuid.UUID, index: int, content_type
     return f"outputs/{tenant_id}/{job_id}/{index}.{EXTENSIONS.get(content_type, 'bin')}"
 
 
-def _publish(session: Session, job: Job) -> None:
+def publish_job(session: Session, job_id: uuid.UUID, priority: int, countdown: float = 0) -> None:
+    """Wake a worker for ``job_id`` once ``session`` commits."""
     # Celery's Redis priorities run 0 first; ours say 9 is most urgent.
+    options: dict[str, float] = {"countdown": countdown} if countdown else {}
     enqueue_after_commit(
-        session, TaskName.RELIGHT_RUN, str(job.id), queue=Queue.RELIGHT, priority=9 - job.priority
+        session,
+        TaskName.RELIGHT_RUN,
+        str(job_id),
+        queue=Queue.RELIGHT,
+        priority=9 - priority,
+        **options,
     )
 
 
@@ -74,7 +81,7 @@ def create_job(session: Session, tenant_id: uuid.UUID, request: JobCreate, bucke
     job = _new_job(tenant_id, request, request.subject_image, uuid.uuid4())
     session.add(job)
     session.flush()
-    _publish(session, job)
+    publish_job(session, job.id, job.priority)
     return job
 
 
@@ -108,7 +115,7 @@ def create_job_with_upload(
     job = _new_job(tenant_id, options, uri, job_id)
     session.add(job)
     session.flush()
-    _publish(session, job)
+    publish_job(session, job.id, job.priority)
     return job
 
 

@@ -93,8 +93,10 @@ class S3Storage:
         bucket, key = parse_s3_uri(uri)
         try:
             body: bytes = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except self._client.exceptions.NoSuchKey as exc:
-            raise StorageError(f"{uri} does not exist") from exc
+        except ClientError as exc:
+            # Missing bucket or key, or no permission: nothing a retry would change.
+            code = exc.response.get("Error", {}).get("Code", "error")
+            raise StorageError(f"{uri}: {code}") from exc
         return body
 
     def url(self, uri: str) -> str:

@@ -10,10 +10,11 @@ from sqlalchemy import select, update
 
 from relightq.db import session_scope, utcnow
 from relightq.jobs.models import Job, JobOutput, JobStatus
-from relightq.jobs.runner import Claim, _succeed, claim, retry_delay
+from relightq.jobs.runner import CallRecord, Claim, _succeed, claim, retry_delay
 from relightq.jobs.schemas import JobOptions
 from relightq.segmind.client import RelightResult, RelitImage
 from relightq.settings import get_settings
+from relightq.throttle.fleet import LocalFleet
 from tests.conftest import TenantKey
 from tests.support.images import product_png
 
@@ -106,16 +107,16 @@ def test_a_worker_that_lost_its_lease_cannot_record_an_outcome(tenant: TenantKey
     current = try_claim(job_id)
     assert current is not None
     storage = MemoryStorage()
-    deps = RunnerDeps(get_settings(), None, storage)  # type: ignore[arg-type]
+    deps = RunnerDeps(get_settings(), None, storage, LocalFleet(1, 1))  # type: ignore[arg-type]
     result = RelightResult([RelitImage(product_png(), "image/png")], 9.0)
 
-    _succeed(stale, result, deps)
+    _succeed(stale, result, deps, CallRecord(utcnow(), 200))
     with session_scope() as session:
         assert session.get_one(Job, job_id).status == JobStatus.RUNNING
         assert list(session.scalars(select(JobOutput).where(JobOutput.job_id == job_id))) == []
 
-    _succeed(current, result, deps)
-    _succeed(current, result, deps)  # a repeated finish is discarded too
+    _succeed(current, result, deps, CallRecord(utcnow(), 200))
+    _succeed(current, result, deps, CallRecord(utcnow(), 200))  # a repeated finish is discarded too
     with session_scope() as session:
         assert session.get_one(Job, job_id).status == JobStatus.SUCCEEDED
         outputs = list(session.scalars(select(JobOutput).where(JobOutput.job_id == job_id)))

@@ -1,0 +1,70 @@
+"""The sweeper: PostgreSQL is the truth, so whatever the broker lost is re-sent from it.
+
+Run by beat every RELIGHTQ_SWEEP_INTERVAL_SECONDS. Re-publishing is always safe: the
+runner's claim turns a duplicate message into a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from relightq.db import utcnow
+from relightq.jobs.models import Job, JobStatus
+from relightq.jobs.service import publish_job
+from relightq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_PER_SWEEP = 10_000
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep re-published."""
+
+    expired_leases: int
+    lost_wakeups: int
+
+
+def sweep(
+    session: Session, settings: Settings, *, broker_backlog: int, fleet_paused: bool
+) -> SweepReport:
+    """Re-publish jobs whose worker died (lease expired) and jobs whose message was lost.
+
+    A job counts as having lost its wake-up only when the broker holds no messages at
+    all: with a backlog its message may simply not be due yet, and re-sending 100k
+    messages behind a long queue would only double it.
+    """
+    now = utcnow()
+    expired = session.execute(
+        select(Job.id, Job.priority)
+        .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+        .limit(MAX_PER_SWEEP)
+    ).all()
+    for job_id, priority in expired:
+        publish_job(session, job_id, priority)
+
+    lost: list[Any] = []
+    if broker_backlog == 0:
+        stale = now - timedelta(seconds=settings.sweep_grace_seconds)
+        waiting_for_resume = and_(Job.status == JobStatus.WAITING, Job.run_after.is_(None))
+        due = or_(Job.run_after.is_(None), Job.run_after < stale)
+        query = select(Job.id, Job.priority).where(
+            Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]), Job.updated_at < stale, due
+        )
+        if fleet_paused:  # parked jobs wait for the resume, which wakes them itself
+            query = query.where(~waiting_for_resume)
+        lost = list(session.execute(query.limit(MAX_PER_SWEEP)).all())
+        for job_id, priority in lost:
+            publish_job(session, job_id, priority)
+    if expired or lost:
+        log.warning(
+            "sweep re-published %d expired leases, %d lost wake-ups", len(expired), len(lost)
+        )
+    return SweepReport(len(expired), len(lost))
