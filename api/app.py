@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from sqlalchemy import text
 
-from api import jobs
+from api import jobs, throttle
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from relightq.db import get_engine
@@ -26,6 +26,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     install_error_handlers(app)
     app.include_router(jobs.router)
+    app.include_router(throttle.router)
     app.mount("/metrics", make_asgi_app())
 
     @app.get("/healthz", tags=["ops"], summary="The process is up")

@@ -11,6 +11,8 @@ from rich.console import Console
 app = typer.Typer(help="relightq: relight product images with Segmind IC-Light, queued.")
 keys_app = typer.Typer(help="Manage client API keys.")
 app.add_typer(keys_app, name="keys")
+throttle_app = typer.Typer(help="See, pause and resume the fleet's upstream calls.")
+app.add_typer(throttle_app, name="throttle")
 console = Console()
 
 
@@ -119,11 +121,51 @@ def create_bucket() -> None:
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Tenant name; created if new.")],
+    operator: Annotated[
+        bool, typer.Option(help="Let this tenant pause and resume the whole fleet.")
+    ] = False,
 ) -> None:
     """Create an API key for TENANT and print it once (only its hash is stored)."""
     from relightq.db import session_scope
     from relightq.tenants.service import create_key, get_or_create_tenant
 
     with session_scope() as session:
-        key = create_key(session, get_or_create_tenant(session, tenant))
+        key = create_key(session, get_or_create_tenant(session, tenant, operator=operator))
     console.print(key, soft_wrap=True, highlight=False)
+
+
+def _show_throttle() -> None:
+    from relightq.settings import get_settings
+    from relightq.throttle.schemas import throttle_view
+    from relightq.throttle.service import get_fleet
+
+    view = throttle_view(get_fleet().state(), get_settings())
+    console.print_json(view.model_dump_json())
+
+
+@throttle_app.command("status")
+def throttle_status() -> None:
+    """Show whether the fleet runs or is paused (and why), credits and calls in flight."""
+    _show_throttle()
+
+
+@throttle_app.command("pause")
+def throttle_pause(
+    reason: Annotated[str, typer.Option(help="Why, shown on every waiting job.")] = (
+        "paused by an operator"
+    ),
+) -> None:
+    """Stop new upstream calls fleet-wide until `relightq throttle resume`."""
+    from relightq.throttle.service import MANUAL, get_fleet, pause_fleet
+
+    pause_fleet(get_fleet(), MANUAL, reason, manual=True)
+    _show_throttle()
+
+
+@throttle_app.command("resume")
+def throttle_resume() -> None:
+    """Resume upstream calls and wake the jobs that waited."""
+    from relightq.throttle.service import get_fleet, resume_fleet
+
+    resume_fleet(get_fleet(), manual=True)
+    _show_throttle()

@@ -138,6 +138,16 @@ def make_tenant(database: str) -> Callable[[], TenantKey]:
 
 
 @pytest.fixture
+def operator(database: str) -> TenantKey:
+    """A tenant allowed to pause and resume the fleet."""
+    name = f"operator-{uuid.uuid4().hex[:8]}"
+    with session_scope() as session:
+        tenant = get_or_create_tenant(session, name, operator=True)
+        key = create_key(session, tenant)
+    return TenantKey(tenant.id, name, key)
+
+
+@pytest.fixture
 def tenant(make_tenant: Callable[[], TenantKey]) -> TenantKey:
     """A tenant for this test."""
     return make_tenant()
@@ -149,6 +159,13 @@ def api(services: Services, tenant: TenantKey) -> Iterator[httpx.Client]:
     headers = {"Authorization": f"Bearer {tenant.key}"}
     with httpx.Client(base_url=services.api, headers=headers, timeout=30) as client:
         yield client
+
+
+def reset_fleet() -> None:
+    """Forget pauses, holds and slots left by an earlier test."""
+    client = redis.Redis.from_url(os.environ["RELIGHTQ_BROKER_URL"])
+    for key in client.scan_iter("relightq:throttle:*"):
+        client.delete(key)
 
 
 @pytest.fixture
@@ -167,5 +184,7 @@ def simulator(services: Services) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=services.simulator, timeout=30) as client:
         client.post("/admin/config", json=defaults).raise_for_status()
         client.post("/admin/reset").raise_for_status()
+        reset_fleet()
         yield client
         client.post("/admin/config", json=defaults).raise_for_status()
+        reset_fleet()

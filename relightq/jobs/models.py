@@ -74,6 +74,9 @@ class Job(Base):
     outputs: Mapped[list[JobOutput]] = relationship(
         lazy="raise", order_by="JobOutput.index", cascade="all, delete-orphan"
     )
+    attempt_log: Mapped[list[JobAttempt]] = relationship(
+        lazy="raise", order_by="JobAttempt.started_at", cascade="all, delete-orphan"
+    )
 
 
 class JobOutput(Base):

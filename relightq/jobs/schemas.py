@@ -101,6 +101,19 @@ class OutputOut(BaseModel):
     sha256: str
 
 
+class AttemptOut(BaseModel):
+    """One upstream call; ``counted`` is false for calls that used no attempt (401, 406, 429)."""
+
+    number: int
+    counted: bool
+    outcome: str
+    http_status: int | None
+    error_code: str | None
+    error_message: str | None
+    started_at: datetime
+    finished_at: datetime
+
+
 class JobOut(BaseModel):
     """A job as clients see it."""
 
@@ -109,6 +122,7 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     subject_image: str
     attempts: int
+    attempt_log: list[AttemptOut]
     error: ErrorOut | None
     waiting_reason: str | None
     outputs: list[OutputOut]

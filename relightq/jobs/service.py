@@ -15,7 +15,15 @@ from sqlalchemy.orm import Session, selectinload
 from relightq.broker import Queue, TaskName, enqueue_after_commit
 from relightq.errors import FieldProblem, InvalidInput, NotFound
 from relightq.jobs.models import Job, JobStatus
-from relightq.jobs.schemas import ALLOWED, ErrorOut, JobCreate, JobOptions, JobOut, OutputOut
+from relightq.jobs.schemas import (
+    ALLOWED,
+    AttemptOut,
+    ErrorOut,
+    JobCreate,
+    JobOptions,
+    JobOut,
+    OutputOut,
+)
 from relightq.segmind.params import EXTENSIONS
 from relightq.storage import Storage, parse_s3_uri
 
@@ -59,6 +67,7 @@ def _new_job(tenant_id: uuid.UUID, options: JobOptions, subject: str, job_id: uu
         callback_url=options.callback_url,
         priority=options.priority,
         outputs=[],
+        attempt_log=[],
     )
 
 
@@ -120,7 +129,11 @@ def create_job_with_upload(
 
 
 def _owned(tenant_id: uuid.UUID) -> Select[Job]:
-    return select(Job).where(Job.tenant_id == tenant_id).options(selectinload(Job.outputs))
+    return (
+        select(Job)
+        .where(Job.tenant_id == tenant_id)
+        .options(selectinload(Job.outputs), selectinload(Job.attempt_log))
+    )
 
 
 def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
@@ -183,6 +196,7 @@ def job_view(job: Job, storage: Storage) -> JobOut:
         params=job.params,
         subject_image=job.subject_image,
         attempts=job.attempts,
+        attempt_log=[AttemptOut.model_validate(a, from_attributes=True) for a in job.attempt_log],
         error=error,
         waiting_reason=job.waiting_reason,
         outputs=[

@@ -30,13 +30,15 @@ def create_key(session: Session, tenant: Tenant) -> str:
     return plaintext
 
 
-def get_or_create_tenant(session: Session, name: str) -> Tenant:
-    """The tenant called ``name``, created if new."""
+def get_or_create_tenant(session: Session, name: str, *, operator: bool = False) -> Tenant:
+    """The tenant called ``name``, created if new; ``operator`` grants fleet control."""
     tenant = session.scalar(select(Tenant).where(Tenant.name == name))
     if tenant is None:
-        tenant = Tenant(name=name)
+        tenant = Tenant(name=name, is_operator=operator)
         session.add(tenant)
-        session.flush()
+    elif operator:
+        tenant.is_operator = True
+    session.flush()
     return tenant
 
 

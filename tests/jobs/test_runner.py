@@ -134,3 +134,21 @@ def test_retry_delays_grow_exponentially_with_full_jitter() -> None:
     assert all(0 <= d <= 2 for d in samples[1])
     assert all(0 <= d <= 16 for d in samples[4]) and max(samples[4]) > 8
     assert all(0 <= d <= 60 for d in samples[9]) and max(samples[9]) > 30
+
+
+def test_a_balance_below_the_reserve_pauses_the_fleet_before_it_reaches_zero(
+    tenant: TenantKey,
+) -> None:
+    from relightq.jobs.runner import RunnerDeps
+
+    job_id = new_job(tenant)
+    current = try_claim(job_id)
+    assert current is not None
+    fleet = LocalFleet(4, 100)
+    settings = get_settings().model_copy(update={"credit_reserve": 5.0})
+    deps = RunnerDeps(settings, None, MemoryStorage(), fleet)  # type: ignore[arg-type]
+    result = RelightResult([RelitImage(product_png(), "image/png")], 4.2)
+    _succeed(current, result, deps, CallRecord(utcnow(), 200))
+    state = fleet.state()
+    assert state.paused and state.code == "credit_reserve" and state.credits == 4.2
+    assert "reserve of 5.0" in (state.reason or "")
