@@ -80,8 +80,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timeouts_are_ordered(self) -> Settings:
+        # A task may wait for a fleet slot and then make its call; only after both can it
+        # be redelivered by the broker, and only after that may another worker take over.
         chain = [
-            ("RELIGHTQ_SEGMIND_TIMEOUT_SECONDS", self.segmind_timeout_seconds),
+            (
+                "RELIGHTQ_SEGMIND_TIMEOUT_SECONDS + RELIGHTQ_SLOT_WAIT_SECONDS",
+                self.segmind_timeout_seconds + self.slot_wait_seconds,
+            ),
             ("RELIGHTQ_TASK_TIME_LIMIT_SECONDS", self.task_time_limit_seconds),
             ("RELIGHTQ_BROKER_VISIBILITY_TIMEOUT_SECONDS", self.broker_visibility_timeout_seconds),
             ("RELIGHTQ_JOB_LEASE_SECONDS", self.job_lease_seconds),

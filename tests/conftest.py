@@ -26,6 +26,7 @@ os.environ.update(
 os.environ.pop("RELIGHTQ_SEGMIND_API_KEY", None)
 os.environ.pop("RELIGHTQ_LOCAL_STORAGE_DIR", None)
 
+import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -161,11 +162,24 @@ def api(services: Services, tenant: TenantKey) -> Iterator[httpx.Client]:
         yield client
 
 
+def cancel_leftover_jobs() -> None:
+    """Earlier tests' unfinished jobs must not reach this test's simulator."""
+    from sqlalchemy import update
+
+    from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
+
+    with session_scope() as session:
+        session.execute(
+            update(Job).where(Job.status.not_in(FINAL_STATUSES)).values(status=JobStatus.CANCELLED)
+        )
+
+
 def reset_fleet() -> None:
     """Forget pauses, holds and slots left by an earlier test."""
     client = redis.Redis.from_url(os.environ["RELIGHTQ_BROKER_URL"])
     for key in client.scan_iter("relightq:throttle:*"):
         client.delete(key)
+    client.set("relightq:throttle:epoch", 1)  # long warm: no cold-start wait in tests
 
 
 @pytest.fixture
@@ -183,6 +197,10 @@ def simulator(services: Services) -> Iterator[httpx.Client]:
     }
     with httpx.Client(base_url=services.simulator, timeout=30) as client:
         client.post("/admin/config", json=defaults).raise_for_status()
+        cancel_leftover_jobs()
+        deadline = time.monotonic() + 10
+        while client.get("/admin/stats").json()["in_flight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         client.post("/admin/reset").raise_for_status()
         reset_fleet()
         yield client

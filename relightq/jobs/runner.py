@@ -410,12 +410,16 @@ def _record_success(
 
 def record_credits(session: Session, remaining: float, seen_at: datetime) -> None:
     """Remember the balance Segmind last reported, keeping the newest report."""
-    state = session.get(UpstreamState, 1, with_for_update=True)
-    if state is None:
-        session.add(UpstreamState(id=1, remaining_credits=remaining, credits_seen_at=seen_at))
-    elif state.credits_seen_at is None or state.credits_seen_at <= seen_at:
-        state.remaining_credits = remaining
-        state.credits_seen_at = seen_at
+    # One conditional UPDATE of the row the migration seeded: no lock, no insert race,
+    # and an older report never overwrites a newer one.
+    session.execute(
+        update(UpstreamState)
+        .where(UpstreamState.id == 1)
+        .where(
+            or_(UpstreamState.credits_seen_at.is_(None), UpstreamState.credits_seen_at <= seen_at)
+        )
+        .values(remaining_credits=remaining, credits_seen_at=seen_at)
+    )
 
 
 def retry_delay(attempt: int, settings: Settings) -> float:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +27,12 @@ import redis
 ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local born = tonumber(redis.call('GET', KEYS[5]) or '0')
+if born == 0 then
+  redis.call('SET', KEYS[5], now)
+  born = now
+end
+if now - born < tonumber(ARGV[5]) then return {0, 'warming', born + tonumber(ARGV[5]) - now} end
 if redis.call('HGET', KEYS[1], 'paused') == '1' then return {0, 'paused', 0} end
 local hold = tonumber(redis.call('GET', KEYS[4]) or '0')
 if hold > now then return {0, 'rate_limited', hold - now} end
@@ -40,6 +47,15 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), ARGV[1])
 redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'admitted', 1)
 return {1, 'ok', 0}
+"""
+
+# Every process re-asserts the slots it holds; after a FLUSHALL or a Redis restart this
+# puts calls still on the wire back into the count before anyone else is admitted.
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end
+return #ARGV - 1
 """
 
 # Returns 1 when this call moved the fleet from running to paused. A manual pause is
@@ -106,7 +122,13 @@ class Fleet(Protocol):
 
 
 class RedisFleet:
-    """The production Fleet: one Redis hash, two sorted sets and a string per deployment."""
+    """The production Fleet: one Redis hash, two sorted sets and a few strings per deployment.
+
+    A slot lives ``slot_ttl_seconds`` unless its holder's heartbeat renews it, so a killed
+    worker's slots free themselves quickly while a long call keeps its own. When the
+    state is gone (FLUSHALL, a Redis restart without AOF) nobody is admitted for two
+    heartbeats, time enough for every live holder to put its calls back into the count.
+    """
 
     def __init__(
         self,
@@ -114,13 +136,20 @@ class RedisFleet:
         *,
         max_concurrent: int,
         max_per_minute: int,
-        slot_ttl_seconds: float,
+        slot_ttl_seconds: float = 10.0,
+        heartbeat_seconds: float = 1.0,
         prefix: str = "relightq:throttle",
     ) -> None:
         self._redis = client
         self.max_concurrent = max_concurrent
         self.max_per_minute = max_per_minute
         self._slot_ttl_ms = int(slot_ttl_seconds * 1000)
+        self._heartbeat = heartbeat_seconds
+        self._warmup_ms = int(2 * heartbeat_seconds * 1000)
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
+        self._beating: threading.Thread | None = None
+        self._epoch = f"{prefix}:epoch"
         self._state = f"{prefix}:state"
         self._slots = f"{prefix}:slots"
         self._window = f"{prefix}:window"
@@ -130,19 +159,57 @@ class RedisFleet:
         self._acquire = client.register_script(ACQUIRE)
         self._pause = client.register_script(PAUSE)
         self._resume = client.register_script(RESUME)
+        self._renew = client.register_script(HEARTBEAT)
 
     def acquire(self, token: str) -> Admission:
         """Admit one call now, or say why not and for how long."""
+        self._start_heartbeat()
         admitted, reason, retry_ms = self._acquire(
-            keys=[self._state, self._slots, self._window, self._hold],
-            args=[token, self.max_concurrent, self.max_per_minute, self._slot_ttl_ms],
+            keys=[self._state, self._slots, self._window, self._hold, self._epoch],
+            args=[
+                token,
+                self.max_concurrent,
+                self.max_per_minute,
+                self._slot_ttl_ms,
+                self._warmup_ms,
+            ],
         )
         reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+        if admitted:
+            with self._held_lock:
+                self._held.add(token)
         return Admission(bool(admitted), reason, int(retry_ms) / 1000)
 
     def release(self, token: str) -> None:
         """Free the concurrency slot of a finished call (its minute-window entry stays)."""
+        with self._held_lock:
+            self._held.discard(token)
         self._redis.zrem(self._slots, token)
+
+    def renew(self) -> int:
+        """Re-assert every slot this process holds; returns how many."""
+        with self._held_lock:
+            held = list(self._held)
+        if held:
+            self._renew(keys=[self._slots], args=[self._slot_ttl_ms, *held])
+        return len(held)
+
+    def _start_heartbeat(self) -> None:
+        if self._beating is not None:
+            return
+        with self._held_lock:
+            if self._beating is None:
+                self._beating = threading.Thread(
+                    target=self._beat, name="relightq-fleet-heartbeat", daemon=True
+                )
+                self._beating.start()
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(self._heartbeat)
+            # Redis down: the next beat tries again; admissions fail meanwhile.
+            with suppress(redis.RedisError):
+                self.renew()
 
     def pause(self, code: str, reason: str, *, manual: bool = False) -> bool:
         """Record a pause; True if the fleet was running until now."""

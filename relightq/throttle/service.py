@@ -40,8 +40,6 @@ def make_fleet(settings: Settings) -> Fleet:
         redis.Redis.from_url(url, socket_timeout=10, health_check_interval=30),
         max_concurrent=settings.max_concurrent_calls,
         max_per_minute=settings.max_calls_per_minute,
-        # A killed worker's slot frees itself once its call could no longer be running.
-        slot_ttl_seconds=settings.segmind_timeout_seconds + 5,
     )
 
 

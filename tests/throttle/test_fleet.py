@@ -18,13 +18,16 @@ URL = os.environ["RELIGHTQ_BROKER_URL"]
 
 
 def make_fleet(
-    prefix: str, concurrent: int = 3, per_minute: int = 1000, ttl: float = 30
+    prefix: str, concurrent: int = 3, per_minute: int = 1000, ttl: float = 30, warm: bool = True
 ) -> RedisFleet:
+    if warm:  # as if the deployment had been up for a while
+        redis.Redis.from_url(URL).set(f"{prefix}:epoch", 1, nx=True)
     return RedisFleet(
         redis.Redis.from_url(URL),
         max_concurrent=concurrent,
         max_per_minute=per_minute,
         slot_ttl_seconds=ttl,
+        heartbeat_seconds=0.1,
         prefix=prefix,
     )
 
@@ -68,11 +71,32 @@ def test_the_concurrency_cap_admits_exactly_the_cap(prefix: str) -> None:
 
 
 def test_a_dead_holders_slot_frees_itself_after_its_ttl(prefix: str) -> None:
-    fleet = make_fleet(prefix, concurrent=1, ttl=0.3)
-    assert fleet.acquire("killed-worker").admitted
-    assert not fleet.acquire("next").admitted
-    time.sleep(0.4)
-    assert fleet.acquire("next").admitted
+    killed = make_fleet(prefix, concurrent=1, ttl=0.3)
+    assert killed.acquire("killed-worker").admitted
+    killed._held.clear()  # its process is gone: nobody renews the slot any more
+    other = make_fleet(prefix, concurrent=1, ttl=0.3)
+    assert not other.acquire("next").admitted
+    time.sleep(0.5)
+    assert other.acquire("next").admitted
+
+
+def test_a_live_holders_slot_outlasts_its_ttl_through_heartbeats(prefix: str) -> None:
+    holder = make_fleet(prefix, concurrent=1, ttl=0.3)
+    assert holder.acquire("long-call").admitted
+    time.sleep(0.8)  # several TTLs
+    assert make_fleet(prefix, concurrent=1).acquire("next").reason == "concurrency"
+
+
+def test_after_redis_loses_its_state_calls_in_flight_are_counted_again(prefix: str) -> None:
+    holder = make_fleet(prefix, concurrent=2, ttl=5)
+    assert holder.acquire("a").admitted and holder.acquire("b").admitted
+    client = redis.Redis.from_url(URL)
+    for key in client.scan_iter(f"{prefix}:*"):  # what FLUSHALL does to this deployment
+        client.delete(key)
+    newcomer = make_fleet(prefix, concurrent=2, ttl=5, warm=False)
+    assert newcomer.acquire("c").reason == "warming"  # holders get time to re-register
+    time.sleep(0.3)
+    assert newcomer.acquire("c").reason == "concurrency"  # a and b are back in the count
 
 
 def test_the_per_minute_cap_says_when_the_next_call_may_start(prefix: str) -> None:

@@ -1,0 +1,254 @@
+"""A whole deployment as real processes on this machine, for chaos tests and benchmarks.
+
+Its own Redis server (so FLUSHALL and restarts touch nobody else), its own PostgreSQL
+database, moto's S3 server, the simulator, the API, workers and beat, each started with
+the `relightq` command exactly as an operator would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import psycopg
+import redis
+from moto.server import ThreadedMotoServer
+
+from relightq.serving import free_port
+
+RELIGHTQ = str(Path(sys.executable).with_name("relightq"))
+# moto's server logs every request; captured by pytest that alone starves a 2-core machine.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+BUCKET = "relightq-chaos"
+
+
+def _wait(check: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not come up in {timeout}s")
+        time.sleep(0.1)
+
+
+@dataclass
+class Deployment:
+    """Handles to every process and client of one chaos deployment."""
+
+    workdir: Path
+    env: dict[str, str]
+    redis_port: int
+    api_url: str
+    simulator_url: str
+    s3_url: str
+    key: str = ""
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, IO[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str, ready_line: str | None = None) -> None:
+        """Start `relightq ARGS` as process ``name``, logging to the work dir."""
+        log = (self.workdir / f"{name}.log").open("ab")
+        self.logs[name] = log
+        self.processes[name] = subprocess.Popen(
+            [RELIGHTQ, *args],
+            env=self.env,
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if ready_line:
+            path = self.workdir / f"{name}.log"
+            _wait(lambda: ready_line in path.read_text(errors="replace"), name)
+
+    def start_worker(self, name: str) -> None:
+        """A `relightq worker` process, waited for until Celery says it is ready."""
+        self.start(name, "worker", ready_line="ready.")
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no cleanup, no acks, as when a machine dies."""
+        process = self.processes.pop(name)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+    def stop_all(self) -> None:
+        """Terminate every process."""
+        for name in list(self.processes):
+            process = self.processes.pop(name)
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(process.pid, signal.SIGKILL)
+        for log in self.logs.values():
+            log.close()
+
+    def redis(self) -> redis.Redis:
+        """A client for the deployment's own Redis server."""
+        return redis.Redis(port=self.redis_port)
+
+    def api(self) -> httpx.Client:
+        """An HTTP client authenticated with the deployment's operator key."""
+        return httpx.Client(base_url=self.api_url, headers={"x-api-key": self.key}, timeout=30)
+
+    def simulator(self) -> httpx.Client:
+        """An HTTP client for the simulator's admin API."""
+        return httpx.Client(base_url=self.simulator_url, timeout=30)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of every process log, for failure messages."""
+        out = []
+        for path in sorted(self.workdir.glob("*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name}\n" + "\n".join(tail))
+        return "\n".join(out)
+
+
+@contextmanager
+def deployment(workdir: Path, workers: int = 2, **settings: str) -> Iterator[Deployment]:
+    """Start a full deployment; ``settings`` override RELIGHTQ_* values (without prefix)."""
+    database = f"relightq_chaos_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {database}")
+    redis_port, api_port, sim_port, s3_port = (free_port() for _ in range(4))
+    redis_server = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    moto.start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELIGHTQ_")}
+    env.update(
+        RELIGHTQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+        RELIGHTQ_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
+        RELIGHTQ_S3_BUCKET=BUCKET,
+        RELIGHTQ_S3_ENDPOINT_URL=f"http://127.0.0.1:{s3_port}",
+        RELIGHTQ_S3_ACCESS_KEY_ID="chaos",
+        RELIGHTQ_S3_SECRET_ACCESS_KEY="chaos",
+        RELIGHTQ_SIMULATOR_URL=f"http://127.0.0.1:{sim_port}",
+        # Short but correctly ordered timeouts, so a killed worker's job is reclaimed fast.
+        RELIGHTQ_SEGMIND_TIMEOUT_SECONDS="5",
+        RELIGHTQ_TASK_TIME_LIMIT_SECONDS="8",
+        RELIGHTQ_BROKER_VISIBILITY_TIMEOUT_SECONDS="10",
+        RELIGHTQ_JOB_LEASE_SECONDS="12",
+        RELIGHTQ_MAX_ATTEMPTS="10",
+        RELIGHTQ_RETRY_BASE_DELAY_SECONDS="0.2",
+        RELIGHTQ_RETRY_MAX_DELAY_SECONDS="1",
+        RELIGHTQ_MAX_CONCURRENT_CALLS="4",
+        RELIGHTQ_MAX_CALLS_PER_MINUTE="100000",
+        RELIGHTQ_PROBE_INTERVAL_SECONDS="0.5",
+        RELIGHTQ_PROBE_MAX_INTERVAL_SECONDS="2",
+        RELIGHTQ_SLOT_WAIT_SECONDS="2",
+        RELIGHTQ_SWEEP_INTERVAL_SECONDS="1",
+        RELIGHTQ_SWEEP_GRACE_SECONDS="3",
+        RELIGHTQ_WORKER_CONCURRENCY="8",
+    )
+    env.update({f"RELIGHTQ_{k.upper()}": v for k, v in settings.items()})
+    d = Deployment(
+        workdir,
+        env,
+        redis_port,
+        f"http://127.0.0.1:{api_port}",
+        f"http://127.0.0.1:{sim_port}",
+        f"http://127.0.0.1:{s3_port}",
+    )
+    try:
+        _wait(lambda: redis.Redis(port=redis_port).ping(), "redis")
+        subprocess.run([RELIGHTQ, "migrate"], env=env, check=True, capture_output=True)
+        subprocess.run([RELIGHTQ, "create-bucket"], env=env, check=True, capture_output=True)
+        d.key = subprocess.run(
+            [RELIGHTQ, "keys", "create", "--tenant", "chaos", "--operator"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        d.start("simulator", "simulate", "--port", str(sim_port))
+        _wait(lambda: httpx.get(d.simulator_url).status_code == 200, "simulator")
+        d.start("api", "api", "--port", str(api_port))
+        _wait(lambda: httpx.get(d.api_url + "/healthz").status_code == 200, "api")
+        for n in range(workers):
+            d.start_worker(f"worker{n}")
+        d.start("beat", "beat")
+        yield d
+    finally:
+        d.stop_all()
+        redis_server.terminate()
+        redis_server.wait(10)
+        moto.stop()
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def submit(d: Deployment, count: int, **fields: Any) -> list[str]:
+    """Post ``count`` jobs with a catalog image uploaded to the customer's bucket."""
+    import boto3
+
+    from tests.support.images import product_png
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=d.s3_url,
+        region_name="us-east-1",
+        aws_access_key_id="chaos",
+        aws_secret_access_key="chaos",
+    )
+    with suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket="shop")
+    s3.put_object(Bucket="shop", Key="p.png", Body=product_png(), ContentType="image/png")
+    body = {
+        "prompt": "studio",
+        "subject_image": "s3://shop/p.png",
+        "width": 256,
+        "height": 256,
+        "highres_scale": 1,
+        **fields,
+    }
+    with d.api() as api:
+        return [
+            api.post("/v1/jobs", json=body).raise_for_status().json()["id"] for _ in range(count)
+        ]
+
+
+def wait_final(d: Deployment, ids: list[str], timeout: float = 120) -> list[dict[str, Any]]:
+    """Every job once it is succeeded, failed or cancelled."""
+    final = {"succeeded", "failed", "cancelled"}
+    deadline = time.monotonic() + timeout
+    with d.api() as api:
+        while True:
+            jobs = [api.get(f"/v1/jobs/{i}").json() for i in ids]
+            if all(j.get("status") in final for j in jobs):
+                return jobs
+            if time.monotonic() > deadline:
+                counts: dict[str, int] = {}
+                for j in jobs:
+                    counts[j.get("status", "?")] = counts.get(j.get("status", "?"), 0) + 1
+                raise AssertionError(f"not final after {timeout}s: {counts}\n{d.log_tail()}")
+            time.sleep(0.25)
