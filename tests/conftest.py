@@ -98,6 +98,7 @@ def celery_worker(services: Services) -> Iterator[None]:
 
     from worker.tasks import app
 
+    cancel_leftover_jobs()  # jobs of tests that ran without a worker stay unrun
     with start_worker(
         app, pool="threads", concurrency=4, perform_ping_check=False, queues=["relight", "control"]
     ):
