@@ -45,7 +45,7 @@ from relightq.throttle.service import CREDIT_RESERVE, pause_fleet
 log = logging.getLogger(__name__)
 
 RATE_LIMIT_FALLBACK_SECONDS = 10.0
-SLOT_POLL_SECONDS = 0.01
+SLOT_POLL_SECONDS = 0.004
 
 # A call's outcome has happened upstream (credits spent); losing the record of it to a
 # PostgreSQL restart would make the job run again. Keep trying for a while instead.
