@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -182,3 +183,24 @@ def test_a_redelivered_message_for_a_finished_job_changes_nothing(
     assert simulator.get("/admin/stats").json()["calls"] == 1
     assert again["outputs"] == [{**o, "url": again["outputs"][0]["url"]} for o in first["outputs"]]
     assert again["attempts"] == 1 and again["updated_at"] == first["updated_at"]
+
+
+def test_a_429_waits_for_the_reset_time_without_losing_an_attempt(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    simulator.post("/admin/config", json={"rate_429_rate": 1.0}).raise_for_status()
+    _, url = shop_image("catalog/limited.png")
+    job_id = api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
+    waiting = wait_for(api, job_id, "waiting", "succeeded", "failed")
+    assert waiting["status"] == "waiting" and waiting["waiting_reason"] == "segmind_rate_limited"
+    simulator.post("/admin/config", json={"rate_429_rate": 0.0}).raise_for_status()
+    job = wait_for(api, job_id, "succeeded", "failed")
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    limited = [a for a in job["attempt_log"] if a["http_status"] == 429]
+    assert limited and not any(a["counted"] for a in limited)
+    # The simulator's reset header is ~2 s ahead: the retry waited for it, fleet-wide.
+    first_ok = next(a for a in job["attempt_log"] if a["http_status"] == 200)
+    assert (
+        datetime.fromisoformat(first_ok["started_at"])
+        - datetime.fromisoformat(limited[-1]["finished_at"])
+    ).total_seconds() > 1.0
