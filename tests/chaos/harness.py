@@ -107,6 +107,18 @@ class Deployment:
         """An HTTP client authenticated with the deployment's operator key."""
         return httpx.Client(base_url=self.api_url, headers={"x-api-key": self.key}, timeout=30)
 
+    def s3(self) -> Any:
+        """A boto3 client for the deployment's S3 server."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_url,
+            region_name="us-east-1",
+            aws_access_key_id="chaos",
+            aws_secret_access_key="chaos",
+        )
+
     def simulator(self) -> httpx.Client:
         """An HTTP client for the simulator's admin API."""
         return httpx.Client(base_url=self.simulator_url, timeout=30)
@@ -209,17 +221,9 @@ def deployment(workdir: Path, workers: int = 2, **settings: str) -> Iterator[Dep
 
 def submit(d: Deployment, count: int, **fields: Any) -> list[str]:
     """Post ``count`` jobs with a catalog image uploaded to the customer's bucket."""
-    import boto3
-
     from tests.support.images import product_png
 
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=d.s3_url,
-        region_name="us-east-1",
-        aws_access_key_id="chaos",
-        aws_secret_access_key="chaos",
-    )
+    s3 = d.s3()
     with suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket="shop")
     s3.put_object(Bucket="shop", Key="p.png", Body=product_png(), ContentType="image/png")

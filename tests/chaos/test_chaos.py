@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 
@@ -41,13 +40,7 @@ def sim(fleet: Deployment) -> Iterator[httpx.Client]:
 
 
 def output_objects(fleet: Deployment, job: dict[str, Any]) -> list[str]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=fleet.s3_url,
-        region_name="us-east-1",
-        aws_access_key_id="chaos",
-        aws_secret_access_key="chaos",
-    )
+    s3 = fleet.s3()
     prefix = job["outputs"][0]["s3_uri"].removeprefix(f"s3://{BUCKET}/").rsplit("/", 1)[0]
     listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix + "/")
     return [o["Key"] for o in listed.get("Contents", [])]
