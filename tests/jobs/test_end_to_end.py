@@ -46,6 +46,12 @@ def shop_image(key: str) -> tuple[str, str]:
     return f"s3://{SHOP_BUCKET}/{key}", url
 
 
+def submit_photo(api: httpx.Client, key: str) -> str:
+    """Post a default job for a product photo in the customer's bucket; return its id."""
+    _, url = shop_image(key)
+    return str(api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"])
+
+
 def download(url: str) -> bytes:
     response = httpx.get(url)
     assert response.status_code == 200, response.text
@@ -132,8 +138,7 @@ def test_transient_errors_are_retried_then_fail_after_max_attempts(
     api: httpx.Client, simulator: httpx.Client
 ) -> None:
     simulator.post("/admin/config", json={"fail_500_rate": 1.0}).raise_for_status()
-    _, url = shop_image("catalog/lamp.png")
-    job_id = api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
+    job_id = submit_photo(api, "catalog/lamp.png")
     job = wait_for(api, job_id, "failed", "succeeded")
     assert job["error"]["code"] == "segmind_unavailable"
     assert job["attempts"] == 3  # RELIGHTQ_MAX_ATTEMPTS in the test settings
@@ -144,8 +149,7 @@ def test_a_transient_error_then_success_succeeds(
     api: httpx.Client, simulator: httpx.Client
 ) -> None:
     simulator.post("/admin/config", json={"fail_500_rate": 1.0}).raise_for_status()
-    _, url = shop_image("catalog/box.png")
-    job_id = api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
+    job_id = submit_photo(api, "catalog/box.png")
     deadline = time.monotonic() + 10
     while simulator.get("/admin/stats").json()["calls"] < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -158,8 +162,7 @@ def test_out_of_credits_makes_the_job_wait_without_losing_an_attempt(
     api: httpx.Client, simulator: httpx.Client
 ) -> None:
     simulator.post("/admin/config", json={"credits": 0.0}).raise_for_status()
-    _, url = shop_image("catalog/pack.png")
-    job_id = api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
+    job_id = submit_photo(api, "catalog/pack.png")
 
     waiting = wait_for(api, job_id, "waiting", "failed", "succeeded")
     assert waiting["status"] == "waiting"
@@ -173,8 +176,7 @@ def test_out_of_credits_makes_the_job_wait_without_losing_an_attempt(
 def test_a_redelivered_message_for_a_finished_job_changes_nothing(
     api: httpx.Client, simulator: httpx.Client
 ) -> None:
-    _, url = shop_image("catalog/cup.png")
-    job_id = api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
+    job_id = submit_photo(api, "catalog/cup.png")
     first = wait_for(api, job_id, "succeeded", "failed")
     for _ in range(3):
         get_celery().send_task(TaskName.RELIGHT_RUN.value, args=[job_id])
@@ -189,8 +191,7 @@ def test_a_429_waits_for_the_reset_time_without_losing_an_attempt(
     api: httpx.Client, simulator: httpx.Client
 ) -> None:
     simulator.post("/admin/config", json={"rate_429_rate": 1.0}).raise_for_status()
-    _, url = shop_image("catalog/limited.png")
-    job_id = api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
+    job_id = submit_photo(api, "catalog/limited.png")
     waiting = wait_for(api, job_id, "waiting", "succeeded", "failed")
     assert waiting["status"] == "waiting" and waiting["waiting_reason"] == "segmind_rate_limited"
     simulator.post("/admin/config", json={"rate_429_rate": 0.0}).raise_for_status()
