@@ -204,10 +204,12 @@ def run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     try:
         result = deps.client.relight(params, subject)
     except SegmindError as exc:
-        deps.fleet.release(slot)
         _handle_upstream_error(claim_, CallRecord(started, exc.status, exc), deps)
         return
-    deps.fleet.release(slot)
+    finally:
+        # Whatever happens, including an unexpected error: a slot this process keeps
+        # would be renewed by its heartbeat forever and shrink the fleet's cap.
+        deps.fleet.release(slot)
     _succeed(claim_, result, deps, CallRecord(started, 200))
 
 

@@ -6,6 +6,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, update
 
 from relightq.db import session_scope, utcnow
@@ -152,3 +153,20 @@ def test_a_balance_below_the_reserve_pauses_the_fleet_before_it_reaches_zero(
     state = fleet.state()
     assert state.paused and state.code == "credit_reserve" and state.credits == 4.2
     assert "reserve of 5.0" in (state.reason or "")
+
+
+def test_an_unexpected_error_during_the_call_still_frees_the_fleet_slot(
+    tenant: TenantKey,
+) -> None:
+    from relightq.jobs.runner import RunnerDeps, run_job
+
+    class BrokenClient:
+        def relight(self, *_: object) -> RelightResult:
+            raise RuntimeError("a bug, not a Segmind answer")
+
+    fleet = LocalFleet(1, 100)
+    deps = RunnerDeps(get_settings(), BrokenClient(), MemoryStorage(), fleet)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        run_job(new_job(tenant), deps)
+    assert fleet.state().in_flight == 0
+    assert fleet.acquire("next").admitted  # the cap of 1 is whole again
