@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from relightq.db import utcnow
-from relightq.jobs.models import Job, JobStatus
+from relightq.jobs.models import Job, JobStatus, parked_by_pause
 from relightq.jobs.service import publish_job
 from relightq.settings import Settings
 
@@ -53,13 +53,12 @@ def sweep(
     lost: list[Any] = []
     if broker_backlog == 0:
         stale = now - timedelta(seconds=settings.sweep_grace_seconds)
-        waiting_for_resume = and_(Job.status == JobStatus.WAITING, Job.run_after.is_(None))
         due = or_(Job.run_after.is_(None), Job.run_after < stale)
         query = select(Job.id, Job.priority).where(
             Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]), Job.updated_at < stale, due
         )
         if fleet_paused:  # parked jobs wait for the resume, which wakes them itself
-            query = query.where(~waiting_for_resume)
+            query = query.where(~parked_by_pause())
         lost = list(session.execute(query.limit(MAX_PER_SWEEP)).all())
         for job_id, priority in lost:
             publish_job(session, job_id, priority)

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relightq.broker import Queue, TaskName, get_celery
-from relightq.jobs.models import Job, JobStatus
+from relightq.jobs.models import Job, parked_by_pause
 from relightq.jobs.service import publish_job
 from relightq.segmind.client import SegmindClient
 from relightq.segmind.errors import SegmindError, SegmindUnauthorized
@@ -126,7 +126,7 @@ def wake_waiting_jobs(session: Session) -> int:
     """Publish every job parked by a pause (waiting, with no time of its own to run)."""
     rows = session.execute(
         select(Job.id, Job.priority)
-        .where(Job.status == JobStatus.WAITING, Job.run_after.is_(None))
+        .where(parked_by_pause())
         .order_by(Job.priority.desc(), Job.created_at)
     ).all()
     for job_id, priority in rows:
