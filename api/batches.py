@@ -1,0 +1,315 @@
+"""/v1/batches: submit a catalog as JSON items, a CSV/JSONL file or an S3 prefix; follow it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterator
+from enum import StrEnum
+from typing import IO, Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+from starlette.datastructures import UploadFile
+
+from api.bodies import read_json_object
+from api.deps import CurrentStorage, CurrentTenant, DbSession
+from api.idempotency import key_of, remember, replay_or_claim
+from relightq.batches import service
+from relightq.batches.schemas import (
+    ALLOWED,
+    BatchCreate,
+    BatchOut,
+    BatchPage,
+    BatchSettings,
+    BatchUpdate,
+)
+from relightq.batches.sources import RawItem, csv_items, json_items, jsonl_items, prefix_items
+from relightq.db import get_sessionmaker
+from relightq.errors import FieldProblem, InvalidInput, RelightqError, field_problems
+from relightq.jobs.service import foreign_subject_problem
+from relightq.settings import get_settings
+from relightq.storage import Storage
+from relightq.tenants.models import Tenant
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+ENDPOINT = "POST /v1/batches"
+
+_MULTIPART_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": ALLOWED["file"]},
+        "format": {"type": "string", "enum": ["csv", "jsonl"]},
+        "defaults": {"type": "string", "description": "a JSON object of job fields, as text"},
+        "metadata": {"type": "string", "description": "a JSON object, as text"},
+        "name": {"type": "string"},
+        "output_prefix": {"type": "string"},
+        "key_template": {"type": "string"},
+        "credit_budget": {"type": "number"},
+        "skip_invalid": {"type": "boolean"},
+        "callback_url": {"type": "string"},
+    },
+}
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": BatchCreate.model_json_schema()},
+            "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
+        },
+    }
+}
+_JSON_FIELDS = ("defaults", "metadata")
+
+
+class ManifestFormat(StrEnum):
+    """How a manifest is written."""
+
+    JSONL = "jsonl"
+    CSV = "csv"
+
+
+def _invalid(exc: ValidationError) -> InvalidInput:
+    return InvalidInput(field_problems(exc.errors(), ALLOWED))
+
+
+def _file_format(upload: UploadFile, given: str | None) -> str:
+    name = (upload.filename or "").lower()
+    if given:
+        if given not in ("csv", "jsonl"):
+            raise InvalidInput([FieldProblem("format", "must be csv or jsonl", ALLOWED["format"])])
+        return given
+    if name.endswith(".csv") or upload.content_type == "text/csv":
+        return "csv"
+    if name.endswith((".jsonl", ".ndjson")) or upload.content_type in (
+        "application/jsonl",
+        "application/x-ndjson",
+    ):
+        return "jsonl"
+    raise InvalidInput(
+        [FieldProblem("format", "cannot tell from the file name; give csv or jsonl")]
+    )
+
+
+def _form_settings(fields: dict[str, Any]) -> BatchSettings:
+    problems: list[FieldProblem] = []
+    for name in _JSON_FIELDS:
+        if isinstance(fields.get(name), str):
+            try:
+                fields[name] = json.loads(fields[name])
+            except ValueError:
+                problems.append(FieldProblem(name, "is not valid JSON", ALLOWED.get(name)))
+                fields.pop(name)
+    settings: BatchSettings | None = None
+    try:
+        settings = BatchSettings.model_validate(fields)
+    except ValidationError as exc:
+        problems.extend(field_problems(exc.errors(), ALLOWED))
+    if problems or settings is None:
+        raise InvalidInput(problems)
+    return settings
+
+
+def _store(
+    db: Session,
+    tenant: Tenant,
+    spec: BatchSettings,
+    source: str,
+    items: Iterator[RawItem],
+    storage: Storage,
+    key: str | None,
+) -> BatchOut:
+    """Validate, insert and commit in one worker thread (with the idempotent answer)."""
+    batch = service.create_batch(db, tenant.id, spec, source, items, storage, get_settings())
+    view = service.batch_view(db, batch)
+    remember(db, tenant.id, key, 202, view, f"/v1/batches/{batch.id}")
+    db.commit()
+    return view
+
+
+def _file_digest(upload: UploadFile) -> str:
+    """SHA-256 of a spooled upload, read in chunks, rewound for the parser."""
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: upload.file.read(1 << 20), b""):
+        digest.update(chunk)
+    upload.file.seek(0)
+    return digest.hexdigest()
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=BatchOut,
+    openapi_extra=_REQUEST_BODY,
+    summary="Submit a batch: JSON items or an s3:// source, or a CSV/JSONL file (multipart)",
+)
+async def create_batch(
+    request: Request,
+    response: Response,
+    tenant: CurrentTenant,
+    db: DbSession,
+    storage: CurrentStorage,
+) -> BatchOut | JSONResponse:
+    """Every row is validated; a bad row rejects the whole batch unless skip_invalid.
+
+    With an ``Idempotency-Key`` header, a retry of the same request gets the first answer.
+    """
+    settings = get_settings()
+    key = key_of(request.headers)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        limit = settings.max_request_bytes
+        too_large = (
+            f"a JSON batch may be at most {limit} bytes; send big catalogs as a CSV or "
+            "JSONL file (multipart field 'file') or an s3:// source"
+        )
+        body = await read_json_object(request, limit, too_large)
+        replay = await replay_or_claim(db, tenant.id, key, ENDPOINT, body)
+        if replay is not None:
+            return replay
+        try:
+            create = BatchCreate.model_validate(body)
+        except ValidationError as exc:
+            raise _invalid(exc) from exc
+        spec = BatchSettings.model_validate(create.model_dump(exclude={"items", "source"}))
+        if create.source is not None:
+            foreign = foreign_subject_problem(tenant.id, create.source, storage.bucket)
+            if foreign:
+                raise InvalidInput([FieldProblem("source", foreign.message, ALLOWED["source"])])
+            items = prefix_items(storage, create.source)
+            source = create.source
+        else:
+            items = json_items(create.items or [])
+            source = "json"
+        view = await run_in_threadpool(_store, db, tenant, spec, source, items, storage, key)
+    elif content_type == "multipart/form-data":
+        # Starlette spools an uploaded file to disk past 1 MiB: it is never whole in memory.
+        form = await request.form(max_files=1, max_fields=32)
+        fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidInput([FieldProblem("file", "must be an uploaded file", ALLOWED["file"])])
+        if key is not None:
+            digest = await run_in_threadpool(_file_digest, upload)
+            request_form = {**fields, "file": [upload.filename, digest]}
+            replay = await replay_or_claim(db, tenant.id, key, ENDPOINT, request_form)
+            if replay is not None:
+                return replay
+        file_format = _file_format(upload, fields.pop("format", None))
+        spec = _form_settings(fields)
+        binary: IO[bytes] = upload.file
+        items = csv_items(binary) if file_format == "csv" else jsonl_items(binary)
+        view = await run_in_threadpool(_store, db, tenant, spec, file_format, items, storage, key)
+    else:
+        raise RelightqError(
+            "send application/json or multipart/form-data", 415, "unsupported_media_type"
+        )
+    response.headers["Location"] = f"/v1/batches/{view.id}"
+    return view
+
+
+@router.get("", response_model=BatchPage, summary="The tenant's batches, newest first")
+def list_batches(
+    tenant: CurrentTenant,
+    db: DbSession,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> BatchPage:
+    """Keyset-paginated: follow ``next_cursor`` until it is null."""
+    batches, next_cursor = service.list_batches(db, tenant.id, cursor, limit)
+    return BatchPage(items=[service.batch_view(db, b) for b in batches], next_cursor=next_cursor)
+
+
+@router.get("/{batch_id}", response_model=BatchOut, summary="A batch: counts, progress, ETA")
+def get_batch(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> BatchOut:
+    """A batch of the calling tenant; anyone else's is a 404."""
+    return service.batch_view(db, service.get_batch(db, tenant.id, batch_id))
+
+
+@router.patch("/{batch_id}", response_model=BatchOut, summary="Change a batch's credit budget")
+def update_batch(
+    batch_id: uuid.UUID, update: BatchUpdate, tenant: CurrentTenant, db: DbSession
+) -> BatchOut:
+    """Raising (or removing) the budget lets a batch waiting on it go on at once."""
+    batch = service.update_budget(db, tenant.id, batch_id, update.credit_budget)
+    db.commit()
+    return service.batch_view(db, batch)
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchOut, summary="Cancel a batch")
+def cancel_batch(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> BatchOut:
+    """Items not yet running are cancelled; running ones finish."""
+    batch = service.cancel_batch(db, tenant.id, batch_id)
+    db.commit()
+    return service.batch_view(db, batch)
+
+
+@router.post(
+    "/{batch_id}/retry-failed", response_model=BatchOut, summary="Retry a batch's failed items"
+)
+def retry_failed(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> BatchOut:
+    """Failed items run again with fresh attempts, a window at a time like the rest."""
+    service.retry_failed(db, tenant.id, batch_id)
+    db.commit()
+    return service.batch_view(db, service.get_batch(db, tenant.id, batch_id))
+
+
+def manifest_response(
+    batch_id: uuid.UUID,
+    tenant: Tenant,
+    db: Session,
+    storage: Storage,
+    fmt: ManifestFormat,
+    errors_only: bool,
+) -> StreamingResponse:
+    """A batch's results or errors manifest, streamed (the API's and the dashboard's)."""
+    service.get_batch(db, tenant.id, batch_id)  # 404 before streaming starts
+    rows = service.manifest_rows(get_sessionmaker(), batch_id, storage, errors_only)
+    kind = "errors" if errors_only else "results"
+    if fmt == ManifestFormat.CSV:
+        body, media_type = service.csv_lines(rows), "text/csv; charset=utf-8"
+    else:
+        body, media_type = service.jsonl_lines(rows), "application/jsonl; charset=utf-8"
+    filename = f"batch-{batch_id}-{kind}.{fmt.value}"
+    return StreamingResponse(
+        body,
+        media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.get(
+    "/{batch_id}/results",
+    summary="Every item: status, outputs (s3 URIs and presigned URLs), error",
+    response_class=StreamingResponse,
+)
+def results(
+    batch_id: uuid.UUID,
+    tenant: CurrentTenant,
+    db: DbSession,
+    storage: CurrentStorage,
+    format: ManifestFormat = ManifestFormat.JSONL,
+) -> StreamingResponse:
+    """Streamed by row, so a 100k-item manifest is never whole in memory."""
+    return manifest_response(batch_id, tenant, db, storage, format, errors_only=False)
+
+
+@router.get(
+    "/{batch_id}/errors",
+    summary="Failed items and rejected rows, by row",
+    response_class=StreamingResponse,
+)
+def errors(
+    batch_id: uuid.UUID,
+    tenant: CurrentTenant,
+    db: DbSession,
+    storage: CurrentStorage,
+    format: ManifestFormat = ManifestFormat.JSONL,
+) -> StreamingResponse:
+    """Failed jobs and the rows skip_invalid turned away, in one manifest."""
+    return manifest_response(batch_id, tenant, db, storage, format, errors_only=True)

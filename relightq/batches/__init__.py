@@ -1,0 +1,1 @@
+"""Batches: many relight jobs sharing defaults, from JSON, CSV, JSONL or an S3 prefix."""

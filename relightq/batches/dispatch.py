@@ -1,0 +1,160 @@
+"""Releasing a batch's items to the broker a window at a time, and noticing when it is done.
+
+A batch's items are stored as held jobs (``dispatched_at`` NULL) and no message is sent
+for them. Each batch may have at most ``RELIGHTQ_BATCH_WINDOW`` items sent and not yet
+final; whenever one finishes, the next is released in the same transaction. So a
+100k-item batch keeps the broker short, and a single job or a small batch submitted
+after it waits behind at most one window per busy batch, never behind 100k messages.
+Pausing the fleet parks the window's items; the held ones are never touched, so a pause
+costs no messages and no attempts however big the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session
+
+from relightq.batches.models import Batch
+from relightq.db import utcnow
+from relightq.jobs.models import FINAL_STATUSES, IN_FLIGHT_STATUSES, Job, JobStatus, held_by_batch
+from relightq.jobs.service import publish_job
+from relightq.settings import get_settings
+from relightq.webhooks.events import emit
+from relightq.webhooks.models import EventType
+
+log = logging.getLogger(__name__)
+
+BUDGET_SPENT = "batch credit budget spent"
+
+
+def budget_spent(batch: Batch) -> bool:
+    """True once the batch has used its whole credit budget."""
+    return batch.credit_budget is not None and batch.credits_used >= batch.credit_budget
+
+
+def release(session: Session, batch_id: uuid.UUID) -> int:
+    """Send the broker as many held items as the batch's window has room for.
+
+    The batch row is locked for the transaction, so two workers finishing items of the
+    same batch at once cannot both fill the same room.
+    """
+    batch = session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
+    if batch is None or batch.cancelled_at is not None or budget_spent(batch):
+        return 0
+    in_flight = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.batch_id == batch_id,
+            Job.dispatched_at.is_not(None),
+            Job.status.in_(IN_FLIGHT_STATUSES),
+        )
+    )
+    room = get_settings().batch_window_size - (in_flight or 0)
+    if room <= 0:
+        return 0
+    rows = session.execute(
+        select(Job.id, Job.priority)
+        .where(Job.batch_id == batch_id, held_by_batch())
+        .order_by(Job.batch_row)
+        .limit(room)
+        # A cancel or retry holding some of these rows is not waited for: no lock cycle.
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not rows:
+        return 0
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id.in_([row.id for row in rows]))
+        .values(status=JobStatus.QUEUED, dispatched_at=now, waiting_reason=None, updated_at=now)
+    )
+    for row in rows:
+        publish_job(session, row.id, row.priority)
+    return len(rows)
+
+
+def mark_completed(session: Session, batch_id: uuid.UUID) -> bool:
+    """Record that the batch has nothing left to run; True when this call recorded it."""
+    unfinished = exists().where(Job.batch_id == batch_id, Job.status.not_in(FINAL_STATUSES))
+    done = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.completed_at.is_(None), ~unfinished)
+        .values(completed_at=utcnow())
+    )
+    completed = bool(done.rowcount)  # type: ignore[attr-defined]
+    if completed:
+        log.info("batch %s completed", batch_id)
+        _emit_completed(session, batch_id)
+    return completed
+
+
+def status_counts(session: Session, batch_id: uuid.UUID) -> dict[str, int]:
+    """How many of the batch's items are in each job status (absent: none)."""
+    rows = session.execute(
+        select(Job.status, func.count()).where(Job.batch_id == batch_id).group_by(Job.status)
+    )
+    return {str(status): count for status, count in rows}
+
+
+def _emit_completed(session: Session, batch_id: uuid.UUID) -> None:
+    batch = session.get(Batch, batch_id, populate_existing=True)
+    assert batch is not None
+    data = {
+        "id": str(batch.id),
+        "name": batch.name,
+        "total": batch.total,
+        "rejected": batch.rejected,
+        "counts": status_counts(session, batch_id),
+        "credits_used": batch.credits_used,
+        "cancelled": batch.cancelled_at is not None,
+        "metadata": batch.metadata_,
+        "results_url": f"/v1/batches/{batch.id}/results",
+        "errors_url": f"/v1/batches/{batch.id}/errors",
+    }
+    emit(session, batch.tenant_id, EventType.BATCH_COMPLETED, data, batch.callback_url)
+
+
+def settle(session: Session, batch_id: uuid.UUID) -> None:
+    """After an item changed state: release what the window allows, or mark the batch done."""
+    if not release(session, batch_id):
+        mark_completed(session, batch_id)
+
+
+def reopen(session: Session, batch_id: uuid.UUID) -> None:
+    """Items went back to the batch (a retry): it is not done, and may release them."""
+    session.execute(
+        update(Batch).where(Batch.id == batch_id).values(completed_at=None, updated_at=utcnow())
+    )
+    release(session, batch_id)
+
+
+def batch_cancelled(session: Session, batch_id: uuid.UUID) -> bool:
+    """True when the batch was cancelled: nothing of it runs again."""
+    return session.scalar(select(Batch.cancelled_at).where(Batch.id == batch_id)) is not None
+
+
+def add_credits(session: Session, batch_id: uuid.UUID, credits: float) -> None:
+    """Count an item's credits against its batch (one atomic increment)."""
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(credits_used=Batch.credits_used + credits, updated_at=utcnow())
+    )
+
+
+def batch_budget_spent(session: Session, batch_id: uuid.UUID) -> bool:
+    """The runner's gate before an upstream call: overshoot is at most the calls in flight."""
+    batch = session.get(Batch, batch_id)
+    return batch is not None and budget_spent(batch)
+
+
+def settle_open_batches(session: Session) -> int:
+    """The sweeper's repair: settle every batch not yet completed; returns how many."""
+    batch_ids = list(session.scalars(select(Batch.id).where(Batch.completed_at.is_(None))))
+    for batch_id in batch_ids:
+        settle(session, batch_id)
+    return len(batch_ids)

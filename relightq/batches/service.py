@@ -1,0 +1,613 @@
+"""Creating, reading, cancelling and retrying batches. Services flush; callers commit.
+
+A batch is validated and stored in one transaction: items are inserted in chunks as
+they are read, and if any row is bad (without ``skip_invalid``) the caller rolls the
+whole transaction back, so nothing of a rejected batch is ever stored.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+import json
+import posixpath
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, cast
+from urllib.parse import urlparse
+
+from pydantic import ValidationError
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from relightq.batches.dispatch import (
+    BUDGET_SPENT,
+    budget_spent,
+    mark_completed,
+    release,
+    reopen,
+    status_counts,
+)
+from relightq.batches.models import Batch, BatchReject
+from relightq.batches.schemas import (
+    ALLOWED,
+    DEFAULT_KEY_TEMPLATE,
+    BatchCounts,
+    BatchOut,
+    BatchSettings,
+    BatchStatus,
+    validate_defaults,
+)
+from relightq.batches.sources import RawItem
+from relightq.db import utcnow
+from relightq.errors import FieldProblem, InvalidInput, NotFound, RelightqError, field_problems
+from relightq.jobs.models import Job, JobStatus, held_by_batch
+from relightq.jobs.schemas import JobCreate
+from relightq.jobs.service import cancelled_values, foreign_subject_problem, rerun_values
+from relightq.pagination import newest_first, page
+from relightq.settings import Settings
+from relightq.storage import Storage, StorageError, parse_s3_prefix
+
+INSERT_CHUNK = 2000
+# Single jobs default to priority 5; bulk work yields to them unless told otherwise.
+BATCH_DEFAULT_PRIORITY = 4
+MAX_KEY_BYTES = 1024  # S3's limit
+PACE_WINDOW = timedelta(minutes=5)
+
+
+class BatchRejected(RelightqError):
+    """Some rows are invalid and ``skip_invalid`` was not set; every listed row is named."""
+
+    def __init__(self, problems: list[FieldProblem], bad_rows: int, rows: int) -> None:
+        listed = len({p.field.split(".")[0] for p in problems})
+        super().__init__(
+            f"{bad_rows} of {rows} rows are invalid (the first {listed} are listed); nothing "
+            "was stored. Fix them, or send skip_invalid=true to run the valid rows.",
+            422,
+            "validation_error",
+            problems,
+        )
+
+
+@dataclass
+class _Ingest:
+    """Running state of one batch's validation and insertion."""
+
+    batch: Batch
+    settings: Settings
+    output_prefix: str | None
+    key_template: str | None
+    rows: int = 0
+    valid: int = 0
+    bad_rows: int = 0
+    problems: list[FieldProblem] = field(default_factory=list)
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    keys: dict[str, int] = field(default_factory=dict)
+    batch_keeps_rejects: bool = False
+
+
+def _settings_problems(
+    session: Session, tenant_id: uuid.UUID, spec: BatchSettings, storage: Storage
+) -> list[FieldProblem]:
+    problems: list[FieldProblem] = []
+    try:
+        validate_defaults(spec.defaults)
+    except ValidationError as exc:
+        problems += [
+            FieldProblem(f"defaults.{p.field}", p.message, p.allowed)
+            for p in field_problems(exc.errors(), ALLOWED)
+        ]
+    if spec.output_prefix:
+        bucket, prefix = parse_s3_prefix(spec.output_prefix)
+        mine = f"outputs/{tenant_id}/"
+        if bucket == storage.bucket and not prefix.startswith(mine):
+            problems.append(
+                FieldProblem(
+                    "output_prefix",
+                    f"points into relightq's bucket outside your own area s3://{bucket}/{mine}",
+                    ALLOWED["output_prefix"],
+                )
+            )
+        else:
+            try:
+                storage.check_bucket(bucket)
+            except StorageError as exc:
+                problems.append(
+                    FieldProblem(
+                        "output_prefix", f"is not reachable ({exc})", ALLOWED["output_prefix"]
+                    )
+                )
+    return problems
+
+
+def create_batch(
+    session: Session,
+    tenant_id: uuid.UUID,
+    spec: BatchSettings,
+    source: str,
+    items: Iterable[RawItem],
+    storage: Storage,
+    settings: Settings,
+) -> Batch:
+    """Validate and store every item, or raise and leave the transaction to be rolled back."""
+    problems = _settings_problems(session, tenant_id, spec, storage)
+    if problems:
+        raise InvalidInput(problems)
+    batch = Batch(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        name=spec.name,
+        source=source,
+        defaults=spec.defaults,
+        output_prefix=spec.output_prefix,
+        key_template=spec.key_template,
+        metadata_=spec.metadata,
+        credit_budget=spec.credit_budget,
+        callback_url=spec.callback_url,
+    )
+    session.add(batch)
+    session.flush()
+    output_prefix = spec.output_prefix
+    key_template = spec.key_template
+    if output_prefix or key_template:
+        output_prefix = output_prefix or (
+            f"s3://{storage.bucket}/outputs/{tenant_id}/batches/{batch.id}/"
+        )
+        key_template = key_template or DEFAULT_KEY_TEMPLATE
+    state = _Ingest(batch, settings, output_prefix, key_template)
+    state.batch_keeps_rejects = spec.skip_invalid
+    try:
+        for item in items:
+            state.rows += 1
+            if state.rows > settings.max_batch_items:
+                raise RelightqError(
+                    f"a batch holds at most {settings.max_batch_items} items",
+                    413,
+                    "too_many_items",
+                    [FieldProblem("items", f"more than {settings.max_batch_items} items")],
+                )
+            _take(session, state, item, spec, storage)
+    except UnicodeDecodeError as exc:
+        raise InvalidInput([FieldProblem("file", "is not UTF-8 text", ALLOWED["file"])]) from exc
+    except StorageError as exc:
+        raise InvalidInput(
+            [FieldProblem("source", f"could not be listed ({exc})", ALLOWED["source"])]
+        ) from exc
+    if state.bad_rows and not spec.skip_invalid:
+        raise BatchRejected(state.problems, state.bad_rows, state.rows)
+    if not state.valid:
+        what = "no valid items" if state.rows else "no items"
+        raise InvalidInput([FieldProblem("items", f"the batch has {what}", ALLOWED["items"])])
+    _flush(session, state)
+    batch.total = state.valid
+    batch.rejected = state.bad_rows
+    session.flush()
+    release(session, batch.id)
+    return batch
+
+
+def _take(
+    session: Session, state: _Ingest, item: RawItem, spec: BatchSettings, storage: Storage
+) -> None:
+    job_id = uuid.uuid4()
+    problems = [item.problem] if item.problem else []
+    request: JobCreate | None = None
+    if not problems:
+        merged = {**spec.defaults, **item.fields}
+        merged.setdefault("priority", BATCH_DEFAULT_PRIORITY)
+        if isinstance(spec.defaults.get("metadata"), dict) and isinstance(
+            item.fields.get("metadata"), dict
+        ):
+            merged["metadata"] = {**spec.defaults["metadata"], **item.fields["metadata"]}
+        try:
+            request = JobCreate.model_validate(merged)
+        except ValidationError as exc:
+            problems = field_problems(exc.errors(), ALLOWED)
+    template = None
+    if request is not None:
+        foreign = foreign_subject_problem(
+            state.batch.tenant_id, request.subject_image, storage.bucket
+        )
+        if foreign:
+            problems.append(foreign)
+        elif state.key_template:
+            template, problem = _output_template(state, item, request, job_id)
+            if problem:
+                problems.append(problem)
+    if problems:
+        _reject(state, item, problems)
+        if len(state.rejects) >= INSERT_CHUNK:
+            _flush(session, state)
+        return
+    assert request is not None
+    state.valid += 1
+    if state.bad_rows and not spec.skip_invalid:
+        return  # the batch will be rejected; keep validating to list every bad row
+    now = utcnow()
+    state.jobs.append(
+        {
+            "id": job_id,
+            "tenant_id": state.batch.tenant_id,
+            "batch_id": state.batch.id,
+            "batch_row": item.row,
+            "status": JobStatus.QUEUED,
+            "params": request.relight_params().model_dump(),
+            "subject_image": request.subject_image,
+            "external_id": request.external_id,
+            "metadata": request.metadata,
+            "callback_url": request.callback_url,
+            "priority": request.priority,
+            "attempts": 0,
+            "credits_used": 0.0,
+            "created_at": now,
+            "updated_at": now,
+            "dispatched_at": None,
+            "output_template": template,
+        }
+    )
+    if len(state.jobs) + len(state.rejects) >= INSERT_CHUNK:
+        _flush(session, state)
+
+
+def _reject(state: _Ingest, item: RawItem, problems: list[FieldProblem]) -> None:
+    state.bad_rows += 1
+    if len(state.problems) < state.settings.max_reported_row_errors:
+        state.problems += [
+            FieldProblem(f"rows[{item.row}].{p.field}", p.message, p.allowed) for p in problems
+        ]
+    if not state.batch_keeps_rejects:
+        return  # the batch will be rejected whole: only the listing matters
+    state.rejects.append(
+        {
+            "id": uuid.uuid4(),
+            "batch_id": state.batch.id,
+            "row": item.row,
+            "external_id": _text(item.fields.get("external_id")),
+            "subject_image": _text(item.fields.get("subject_image")),
+            "problems": [p.as_dict() for p in problems],
+        }
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:4096]
+
+
+def _flush(session: Session, state: _Ingest) -> None:
+    if state.jobs:
+        session.execute(insert(cast(Table, Job.__table__)), state.jobs)
+        state.jobs.clear()
+    if state.rejects:
+        session.execute(insert(cast(Table, BatchReject.__table__)), state.rejects)
+        state.rejects.clear()
+
+
+def _escape(value: str) -> str:
+    return value.replace("{", "{{").replace("}", "}}")
+
+
+def _output_template(
+    state: _Ingest, item: RawItem, request: JobCreate, job_id: uuid.UUID
+) -> tuple[str | None, FieldProblem | None]:
+    """The item's output URI with {index} and {ext} left to fill, or why it cannot have one."""
+    assert state.key_template is not None and state.output_prefix is not None
+    source_path = item.source_key or urlparse(request.subject_image).path
+    source_name = posixpath.splitext(posixpath.basename(source_path))[0] or str(item.row)
+    source_key = item.source_key or ""
+    item_name = (
+        request.external_id
+        or (posixpath.splitext(item.source_key)[0] if item.source_key else None)
+        or str(item.row)
+    )
+    values = {
+        "item": item_name,
+        "external_id": request.external_id or "",
+        "row": str(item.row),
+        "source_key": source_key,
+        "source_name": source_name,
+        "job_id": str(job_id),
+        "batch_id": str(state.batch.id),
+    }
+    key = state.key_template.format(
+        **{k: _escape(v) for k, v in values.items()}, index="{index}", ext="{ext}"
+    )
+    prefix = state.output_prefix if state.output_prefix.endswith("/") else state.output_prefix + "/"
+    template = prefix + key
+    sample = template.format(index=99, ext="webp")
+    allowed = ALLOWED["key_template"]
+    if len(sample.encode()) - len(prefix.split("/", 3)[0]) > MAX_KEY_BYTES + 16:
+        return None, FieldProblem("key_template", "makes a key longer than 1024 bytes", allowed)
+    if "{index}" not in key and request.number_of_images > 1:
+        return None, FieldProblem(
+            "key_template", "needs {index} when number_of_images is more than 1", allowed
+        )
+    first = state.keys.setdefault(template, item.row)
+    if first != item.row:
+        return None, FieldProblem(
+            "key_template",
+            f"gives the same output key as row {first} ({sample}); "
+            "make external_id unique or add {row} or {source_name} to key_template",
+            allowed,
+        )
+    return template, None
+
+
+def _owned(tenant_id: uuid.UUID) -> Any:
+    return select(Batch).where(Batch.tenant_id == tenant_id)
+
+
+def get_batch(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch:
+    """A tenant's batch; another tenant's is indistinguishable from a missing one."""
+    batch = session.scalar(_owned(tenant_id).where(Batch.id == batch_id))
+    if batch is None:
+        raise NotFound("batch")
+    return batch
+
+
+def list_batches(
+    session: Session, tenant_id: uuid.UUID, cursor: str | None = None, limit: int = 50
+) -> tuple[list[Batch], str | None]:
+    """A page of a tenant's batches, newest first, keyset-paginated."""
+    query = newest_first(_owned(tenant_id), Batch, cursor, limit)
+    return page(list(session.scalars(query)), limit)
+
+
+def batch_view(session: Session, batch: Batch) -> BatchOut:
+    """A batch with its counts, progress and an ETA from the last few minutes' pace."""
+    counts = BatchCounts(**status_counts(session, batch.id))
+    final = counts.succeeded + counts.failed + counts.cancelled
+    remaining = max(batch.total - final, 0)
+    now = utcnow()
+    since = max(now - PACE_WINDOW, batch.created_at)
+    recent = session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.batch_id == batch.id, Job.finished_at >= since)
+    )
+    minutes = max((now - since).total_seconds(), 1.0) / 60
+    per_minute = (recent or 0) / minutes if recent else None
+    eta = 0.0 if not remaining else (remaining / per_minute * 60 if per_minute else None)
+    waiting_reason = None
+    if batch.cancelled_at is not None:
+        status = BatchStatus.CANCELLED
+    elif batch.completed_at is not None:
+        status = BatchStatus.COMPLETED
+    elif budget_spent(batch):
+        status, waiting_reason = BatchStatus.WAITING, BUDGET_SPENT
+    elif counts.waiting and not counts.running:
+        status = BatchStatus.WAITING
+        waiting_reason = session.scalar(
+            select(Job.waiting_reason)
+            .where(Job.batch_id == batch.id, Job.status == JobStatus.WAITING)
+            .limit(1)
+        )
+    elif final or counts.running:
+        status = BatchStatus.RUNNING
+    else:
+        status = BatchStatus.QUEUED
+    return BatchOut(
+        id=batch.id,
+        name=batch.name,
+        status=status,
+        waiting_reason=waiting_reason,
+        source=batch.source,
+        total=batch.total,
+        rejected=batch.rejected,
+        counts=counts,
+        progress=round(final / batch.total, 4) if batch.total else 1.0,
+        credits_used=batch.credits_used,
+        credit_budget=batch.credit_budget,
+        eta_seconds=None if eta is None else round(eta, 1),
+        items_per_minute=None if per_minute is None else round(per_minute, 2),
+        defaults=batch.defaults,
+        output_prefix=batch.output_prefix,
+        key_template=batch.key_template,
+        metadata=batch.metadata_,
+        callback_url=batch.callback_url,
+        created_at=batch.created_at,
+        updated_at=batch.updated_at,
+        completed_at=batch.completed_at,
+        cancelled_at=batch.cancelled_at,
+        results_url=f"/v1/batches/{batch.id}/results",
+        errors_url=f"/v1/batches/{batch.id}/errors",
+    )
+
+
+def cancel_batch(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch:
+    """Cancel every item not yet running; running items finish. Idempotent."""
+    batch = get_batch(session, tenant_id, batch_id)
+    now = utcnow()
+    # Items first, then the batch row: the same lock order as a worker finishing an item.
+    session.execute(
+        update(Job)
+        .where(Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]))
+        .values(cancelled_values(now))
+    )
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.cancelled_at.is_(None))
+        .values(cancelled_at=now, updated_at=now)
+    )
+    mark_completed(session, batch_id)
+    session.refresh(batch)
+    return batch
+
+
+def retry_failed(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> int:
+    """Put every failed item back in the batch with fresh attempts; returns how many."""
+    batch = get_batch(session, tenant_id, batch_id)
+    if batch.cancelled_at is not None:
+        raise RelightqError("the batch was cancelled; submit a new one", 409, "batch_cancelled")
+    now = utcnow()
+    done = session.execute(
+        update(Job)
+        .where(Job.batch_id == batch_id, Job.status == JobStatus.FAILED)
+        .values(rerun_values(now, in_batch=True))
+    )
+    count = int(done.rowcount)  # type: ignore[attr-defined]
+    if count:
+        reopen(session, batch_id)
+    return count
+
+
+def update_budget(
+    session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID, credit_budget: float | None
+) -> Batch:
+    """Change the credit budget; raising it lets the batch go on at once."""
+    batch = get_batch(session, tenant_id, batch_id)
+    batch.credit_budget = credit_budget
+    session.flush()
+    # Items handed back while the budget was spent sit held as "waiting"; release them.
+    session.execute(
+        update(Job)
+        .where(Job.batch_id == batch_id, held_by_batch(), Job.waiting_reason == BUDGET_SPENT)
+        .values(status=JobStatus.QUEUED, waiting_reason=None)
+    )
+    release(session, batch_id)
+    session.refresh(batch)
+    return batch
+
+
+# Manifests -----------------------------------------------------------------------------
+
+RESULT_COLUMNS = (
+    "row",
+    "job_id",
+    "external_id",
+    "source",
+    "status",
+    "attempts",
+    "credits_used",
+    "output_s3_uris",
+    "output_urls",
+    "error_code",
+    "error_message",
+)
+MANIFEST_CHUNK = 1000
+CSV_LIST_SEPARATOR = " | "
+
+
+def _result_row(job: Job, storage: Storage) -> dict[str, Any]:
+    return {
+        "row": job.batch_row,
+        "job_id": str(job.id),
+        "external_id": job.external_id,
+        "source": job.subject_image,
+        "status": str(job.status),
+        "attempts": job.attempts,
+        "credits_used": job.credits_used,
+        "outputs": [
+            {"index": o.index, "s3_uri": o.uri, "url": storage.url(o.uri)} for o in job.outputs
+        ],
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
+    }
+
+
+def _reject_row(reject: BatchReject) -> dict[str, Any]:
+    message = "; ".join(f"{p['field']}: {p['message']}" for p in reject.problems)
+    return {
+        "row": reject.row,
+        "job_id": None,
+        "external_id": reject.external_id,
+        "source": reject.subject_image,
+        "status": "rejected",
+        "attempts": 0,
+        "credits_used": 0.0,
+        "outputs": [],
+        "error": {"code": "validation_error", "message": message, "fields": reject.problems},
+    }
+
+
+def _job_rows(
+    session_factory: Callable[[], Session],
+    batch_id: uuid.UUID,
+    storage: Storage,
+    statuses: tuple[JobStatus, ...] | None,
+) -> Iterator[dict[str, Any]]:
+    after = -1
+    while True:
+        with session_factory() as session:
+            query = (
+                select(Job)
+                .where(Job.batch_id == batch_id, Job.batch_row > after)
+                .options(selectinload(Job.outputs))
+                .order_by(Job.batch_row)
+                .limit(MANIFEST_CHUNK)
+            )
+            if statuses:
+                query = query.where(Job.status.in_(statuses))
+            jobs = list(session.scalars(query))
+            rows = [_result_row(job, storage) for job in jobs]
+        yield from rows
+        if len(jobs) < MANIFEST_CHUNK:
+            return
+        after = jobs[-1].batch_row or 0
+
+
+def _reject_rows(
+    session_factory: Callable[[], Session], batch_id: uuid.UUID
+) -> Iterator[dict[str, Any]]:
+    after = -1
+    while True:
+        with session_factory() as session:
+            rejects = list(
+                session.scalars(
+                    select(BatchReject)
+                    .where(BatchReject.batch_id == batch_id, BatchReject.row > after)
+                    .order_by(BatchReject.row)
+                    .limit(MANIFEST_CHUNK)
+                )
+            )
+            rows = [_reject_row(reject) for reject in rejects]
+        yield from rows
+        if len(rejects) < MANIFEST_CHUNK:
+            return
+        after = rejects[-1].row
+
+
+def manifest_rows(
+    session_factory: Callable[[], Session],
+    batch_id: uuid.UUID,
+    storage: Storage,
+    errors_only: bool,
+) -> Iterator[dict[str, Any]]:
+    """Every item by row (or only failed and rejected ones), read a chunk at a time."""
+    if not errors_only:
+        return _job_rows(session_factory, batch_id, storage, None)
+    return heapq.merge(
+        _job_rows(session_factory, batch_id, storage, (JobStatus.FAILED,)),
+        _reject_rows(session_factory, batch_id),
+        key=lambda row: int(row["row"] or 0),
+    )
+
+
+def jsonl_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """A manifest as JSON Lines."""
+    for row in rows:
+        yield json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """A manifest as CSV with a header; several outputs share a cell, joined by " | "."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, RESULT_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        error = row["error"] or {}
+        writer.writerow(
+            {
+                **{k: row[k] for k in RESULT_COLUMNS[:7]},
+                "output_s3_uris": CSV_LIST_SEPARATOR.join(o["s3_uri"] for o in row["outputs"]),
+                "output_urls": CSV_LIST_SEPARATOR.join(o["url"] for o in row["outputs"]),
+                "error_code": error.get("code") or "",
+                "error_message": error.get("message") or "",
+            }
+        )
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()

@@ -1,0 +1,141 @@
+"""Where a batch's items come from: inline JSON, a CSV or JSONL file, or an S3 prefix.
+
+Each source is a generator of :class:`RawItem`, read one row at a time, so a file of
+100k rows is never whole in memory; validation happens later, the same for every source.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from relightq.batches.schemas import ALLOWED
+from relightq.errors import FieldProblem, InvalidInput
+from relightq.jobs.schemas import JobCreate
+from relightq.storage import Storage, StoredObject, parse_s3_prefix
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+METADATA_COLUMN_PREFIX = "metadata."
+KNOWN_COLUMNS = frozenset(JobCreate.model_fields)
+
+
+@dataclass(frozen=True)
+class RawItem:
+    """One item as read, not yet validated; ``problem`` is set when it could not be read."""
+
+    row: int
+    fields: dict[str, Any]
+    source_key: str | None = None
+    problem: FieldProblem | None = None
+
+
+def json_items(items: Iterable[Any]) -> Iterator[RawItem]:
+    """Items given inline in a JSON request."""
+    for row, item in enumerate(items, start=1):
+        if isinstance(item, dict):
+            yield RawItem(row, item)
+        else:
+            yield RawItem(row, {}, problem=_not_an_object())
+
+
+def _not_an_object() -> FieldProblem:
+    return FieldProblem("item", "must be a JSON object", ALLOWED["items"])
+
+
+def jsonl_items(binary: IO[bytes]) -> Iterator[RawItem]:
+    """One JSON object per line; blank lines are skipped and do not count as rows."""
+    row = 0
+    for line in io.TextIOWrapper(binary, encoding="utf-8-sig", errors="strict"):
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            item = json.loads(line)
+        except ValueError:
+            yield RawItem(row, {}, problem=FieldProblem("item", "is not valid JSON"))
+            continue
+        if isinstance(item, dict):
+            yield RawItem(row, item)
+        else:
+            yield RawItem(row, {}, problem=_not_an_object())
+
+
+def csv_items(binary: IO[bytes]) -> Iterator[RawItem]:
+    """A CSV with a header row naming job fields; empty cells take the batch's defaults.
+
+    ``metadata`` holds a JSON object; ``metadata.<key>`` columns add string values.
+    """
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="strict", newline="")
+    reader = csv.reader(text)
+    header = next(reader, None)
+    if not header:
+        raise InvalidInput([FieldProblem("file", "is empty; a header row is required")])
+    columns = [name.strip() for name in header]
+    unknown = [
+        name
+        for name in columns
+        if name not in KNOWN_COLUMNS and not name.startswith(METADATA_COLUMN_PREFIX)
+    ]
+    problems = []
+    if unknown:
+        problems.append(
+            FieldProblem("columns", f"unknown columns: {', '.join(unknown)}", ALLOWED["columns"])
+        )
+    if "subject_image" not in columns:
+        problems.append(
+            FieldProblem("columns", "a subject_image column is required", ALLOWED["columns"])
+        )
+    if problems:
+        raise InvalidInput(problems)
+    for row, cells in enumerate(reader, start=1):
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) > len(columns):
+            yield RawItem(row, {}, problem=FieldProblem("item", "has more cells than the header"))
+            continue
+        yield _csv_item(row, columns, cells)
+
+
+def _csv_item(row: int, columns: list[str], cells: list[str]) -> RawItem:
+    fields: dict[str, Any] = {}
+    metadata: dict[str, Any] = {}
+    for name, cell in zip(columns, cells, strict=False):
+        value = cell.strip()
+        if not value:
+            continue
+        if name.startswith(METADATA_COLUMN_PREFIX):
+            metadata[name.removeprefix(METADATA_COLUMN_PREFIX)] = value
+        elif name == "metadata":
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                problem = FieldProblem("metadata", "is not a JSON object", ALLOWED["metadata"])
+                return RawItem(row, fields, problem=problem)
+            metadata.update(parsed)
+        else:
+            fields[name] = value
+    if metadata:
+        fields["metadata"] = metadata
+    return RawItem(row, fields)
+
+
+def prefix_items(
+    storage: Storage, prefix_uri: str, only: Callable[[StoredObject], bool] | None = None
+) -> Iterator[RawItem]:
+    """Every image below an S3 prefix, recursively, in key order (other files are skipped);
+    ``only`` narrows them further (a schedule's new or changed objects)."""
+    _, prefix = parse_s3_prefix(prefix_uri)
+    row = 0
+    for stored in storage.list_objects(prefix_uri):
+        if not stored.key.lower().endswith(IMAGE_SUFFIXES) or stored.size == 0:
+            continue
+        if only is not None and not only(stored):
+            continue
+        row += 1
+        yield RawItem(row, {"subject_image": stored.uri}, source_key=stored.key[len(prefix) :])
