@@ -1,0 +1,55 @@
+"""Idempotency-Key for the routes that create things (SPEC §3)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from relightq.idempotency import service
+from relightq.idempotency.service import HEADER
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def key_of(headers: Any) -> str | None:
+    """The request's Idempotency-Key, if it sent one."""
+    key: str | None = headers.get(HEADER)
+    return key
+
+
+async def replay_or_claim(
+    db: Session, tenant_id: uuid.UUID, key: str | None, endpoint: str, request: Any
+) -> JSONResponse | None:
+    """The first answer to ``key`` if there was one; else claim the key for this request.
+
+    In a worker thread: with a concurrent same-key request the INSERT waits for it.
+    """
+    if key is None:
+        return None
+    replay = await run_in_threadpool(
+        service.begin, db, tenant_id, key, endpoint, service.fingerprint(request)
+    )
+    if replay is None:
+        return None
+    headers = {REPLAYED_HEADER: "true"}
+    if replay.location:
+        headers["Location"] = replay.location
+    return JSONResponse(replay.body, status_code=replay.status_code, headers=headers)
+
+
+def remember(
+    db: Session,
+    tenant_id: uuid.UUID,
+    key: str | None,
+    status_code: int,
+    answer: BaseModel,
+    location: str | None,
+) -> None:
+    """Keep the answer with the key (same transaction as what the request created)."""
+    if key is not None:
+        service.complete(db, tenant_id, key, status_code, answer.model_dump(mode="json"), location)

@@ -1,0 +1,120 @@
+"""What a trigger is made of, and what the sender gets back."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from relightq.batches.schemas import ITEM_ONLY_FIELDS, validate_defaults
+
+MAX_IMAGES_PER_EVENT = 100
+
+ALLOWED: dict[str, str] = {
+    "name": "2 to 64 lowercase letters, digits, - or _ (it is the URL: /v1/triggers/{name})",
+    "scheme": "standard-webhooks or hmac-sha256",
+    "secret": "the signing secret (required for hmac-sha256; made for you otherwise)",
+    "mapping": "JMESPath expressions: images (required), external_id, fields.<job field>",
+    "job": "a JSON object of job fields every created job starts from",
+    "tolerance_seconds": "an integer from 1 to 86400",
+}
+
+
+class SignatureScheme(StrEnum):
+    """How a sender signs its events."""
+
+    # webhook-id / webhook-timestamp / webhook-signature, verified by the reference library.
+    STANDARD_WEBHOOKS = "standard-webhooks"
+    # base64(HMAC-SHA256(secret, raw body)) in one header, as Shopify sends it.
+    HMAC_SHA256 = "hmac-sha256"
+
+
+class TriggerMapping(BaseModel):
+    """Where in the event's JSON the images and job fields are (JMESPath)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: str = Field(description="a string or a list of image URLs, e.g. images[].src")
+    external_id: str | None = Field(default=None, description="e.g. to_string(id)")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description='job fields, e.g. {"prompt": "title"}'
+    )
+
+    @field_validator("images", "external_id")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            _compile(value)
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        per_item = sorted(ITEM_ONLY_FIELDS & value.keys())
+        if per_item:
+            raise ValueError(f"{', '.join(per_item)} come from images and external_id")
+        for expression in value.values():
+            _compile(expression)
+        return value
+
+
+def _compile(expression: str) -> None:
+    try:
+        jmespath.compile(expression)
+    except JMESPathError as exc:
+        raise ValueError(f"is not a JMESPath expression: {exc}") from exc
+
+
+class TriggerCreate(BaseModel):
+    """A signed entry point that turns another system's events into jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,63}$")
+    scheme: SignatureScheme
+    secret: str | None = Field(default=None, min_length=16, max_length=512)
+    signature_header: str = Field(default="X-Shopify-Hmac-Sha256", max_length=128)
+    event_id_header: str = Field(default="X-Shopify-Event-Id", max_length=128)
+    timestamp_header: str | None = Field(default="X-Shopify-Triggered-At", max_length=128)
+    tolerance_seconds: int = Field(default=300, ge=1, le=86400)
+    mapping: TriggerMapping
+    job: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("job")
+    @classmethod
+    def _job_is_a_template(cls, value: dict[str, Any]) -> dict[str, Any]:
+        per_item = sorted(ITEM_ONLY_FIELDS & value.keys())
+        if per_item:
+            raise ValueError(f"{', '.join(per_item)} come from the event")
+        validate_defaults(value)
+        return value
+
+
+class TriggerOut(BaseModel):
+    """A trigger; its secret is shown only when it is created."""
+
+    id: uuid.UUID
+    name: str
+    url: str
+    scheme: SignatureScheme
+    signature_header: str | None
+    event_id_header: str | None
+    timestamp_header: str | None
+    tolerance_seconds: int
+    mapping: dict[str, Any]
+    job: dict[str, Any]
+    created_at: datetime
+    secret: str | None = None
+
+
+class TriggerAccepted(BaseModel):
+    """What the sender gets: the jobs its event made (the same ones on a repeat)."""
+
+    event_id: str
+    duplicate: bool
+    jobs: list[uuid.UUID]

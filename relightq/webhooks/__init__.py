@@ -1,0 +1,1 @@
+"""Outbound webhooks: events, endpoints, signed deliveries with retries."""

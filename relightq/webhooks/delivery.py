@@ -1,0 +1,267 @@
+"""Delivering one event to one target: claim, sign, POST, record, schedule the next try.
+
+A delivery is claimed with one conditional UPDATE (like a job), so a task delivered twice
+sends once; the webhook-id stays the same on every retry so receivers can deduplicate
+the rare resend after a worker died mid-request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+import httpx
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from relightq.db import session_scope, utcnow
+from relightq.logs import bind, bound
+from relightq.metrics import WEBHOOK_DELIVERIES
+from relightq.netguard import BlockedAddress, GuardedTransport
+from relightq.settings import Settings
+from relightq.tenants.models import Tenant
+from relightq.webhooks.events import publish_delivery
+from relightq.webhooks.models import (
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
+from relightq.webhooks.secrets import new_secret, signature_headers
+
+log = logging.getLogger(__name__)
+
+# Retries due sooner than this ride a broker countdown; later ones are sent by the sweep
+# (a countdown of hours would outlive Redis' visibility timeout and be redelivered).
+COUNTDOWN_LIMIT_SECONDS = 60
+USER_AGENT = "relightq-webhooks/1"
+
+
+@lru_cache
+def http_client() -> httpx.Client:
+    """One pooled client; redirects are not followed (a 3xx is a failed try)."""
+    # Every connection goes to an address checked at connect time (no DNS rebinding).
+    return httpx.Client(
+        transport=GuardedTransport(),
+        follow_redirects=False,
+        headers={"user-agent": USER_AGENT},
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one HTTP try ended."""
+
+    http_status: int | None
+    error_class: str | None
+    error_message: str | None
+    latency_ms: int
+
+
+def retry_delay(attempts: int, settings: Settings) -> float | None:
+    """Seconds before the next try after ``attempts`` failed ones; None when out of tries."""
+    schedule = settings.webhook_retry_schedule_seconds
+    if attempts > len(schedule):
+        return None
+    base = schedule[attempts - 1]
+    jitter = settings.webhook_retry_jitter
+    return base * random.uniform(1 - jitter, 1 + jitter)
+
+
+def callback_secret(tenant: Tenant) -> str:
+    """The tenant's callback signing secret, made on first use (caller commits)."""
+    if tenant.callback_secret is None:
+        tenant.callback_secret = new_secret()
+    return tenant.callback_secret
+
+
+def _claim(delivery_id: uuid.UUID, settings: Settings) -> WebhookDelivery | None:
+    now = utcnow()
+    lease = timedelta(seconds=settings.webhook_timeout_seconds + 30)
+    with session_scope() as session:
+        claimed = session.scalars(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery_id,
+                or_(
+                    (WebhookDelivery.status == DeliveryStatus.PENDING)
+                    & (WebhookDelivery.next_attempt_at <= now + timedelta(seconds=1)),
+                    (WebhookDelivery.status == DeliveryStatus.SENDING)
+                    & (WebhookDelivery.lease_expires_at < now),
+                ),
+            )
+            .values(
+                status=DeliveryStatus.SENDING,
+                attempts=WebhookDelivery.attempts + 1,
+                lease_expires_at=now + lease,
+                updated_at=now,
+            )
+            .returning(WebhookDelivery)
+        ).one_or_none()
+        if claimed is not None:
+            session.expunge(claimed)
+        return claimed
+
+
+def _post(url: str, body: str, headers: dict[str, str], settings: Settings) -> Outcome:
+    started = time.monotonic()
+
+    def elapsed() -> int:
+        return round((time.monotonic() - started) * 1000)
+
+    try:
+        response = http_client().post(
+            url,
+            content=body.encode(),
+            headers={**headers, "content-type": "application/json"},
+            timeout=settings.webhook_timeout_seconds,
+        )
+    except BlockedAddress as exc:
+        return Outcome(None, "blocked_address", str(exc), elapsed())
+    except httpx.TimeoutException as exc:
+        return Outcome(None, "timeout", type(exc).__name__, elapsed())
+    except httpx.TransportError as exc:
+        return Outcome(None, "connect_error", type(exc).__name__, elapsed())
+    if 200 <= response.status_code < 300:
+        return Outcome(response.status_code, None, None, elapsed())
+    return Outcome(
+        response.status_code,
+        "http_status",
+        f"answered {response.status_code}",
+        elapsed(),
+    )
+
+
+def deliver(delivery_id: uuid.UUID, settings: Settings) -> DeliveryStatus | None:
+    """Try one delivery once; returns its new status, or None if it was not ours to send."""
+    with bound(delivery_id=delivery_id):
+        return _deliver(delivery_id, settings)
+
+
+def _deliver(delivery_id: uuid.UUID, settings: Settings) -> DeliveryStatus | None:
+    claimed = _claim(delivery_id, settings)
+    if claimed is None:
+        log.info("delivery %s is not due or already handled; skipping", delivery_id)
+        return None
+    bind(tenant_id=claimed.tenant_id)
+    with session_scope() as session:
+        event = session.get(WebhookEvent, claimed.event_id)
+        endpoint = (
+            session.get(WebhookEndpoint, claimed.endpoint_id) if claimed.endpoint_id else None
+        )
+        tenant = session.get(Tenant, claimed.tenant_id)
+        assert event is not None and tenant is not None
+        if claimed.endpoint_id is not None and (endpoint is None or not endpoint.enabled):
+            return _close(claimed, DeliveryStatus.FAILED, "the endpoint is disabled or deleted")
+        secret = endpoint.secret if endpoint else callback_secret(tenant)
+        body = json.dumps(event.payload, separators=(",", ":"))
+        msg_id = event.msg_id
+    headers = signature_headers(secret, msg_id, utcnow(), body)
+    started_at = utcnow()
+    outcome = _post(claimed.url, body, headers, settings)
+    return _record(claimed, outcome, started_at, settings)
+
+
+_still_sending = WebhookDelivery.status == DeliveryStatus.SENDING
+
+
+def _close(claimed: WebhookDelivery, status: DeliveryStatus, error: str | None) -> DeliveryStatus:
+    with session_scope() as session:
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == claimed.id, WebhookDelivery.status == DeliveryStatus.SENDING
+            )
+            .values(status=status, last_error=error, lease_expires_at=None, updated_at=utcnow())
+        )
+    return status
+
+
+def _record(
+    claimed: WebhookDelivery, outcome: Outcome, started_at: datetime, settings: Settings
+) -> DeliveryStatus:
+    now = utcnow()
+    values: dict[str, object] = {"lease_expires_at": None, "updated_at": now}
+    countdown: float | None = None
+    if outcome.error_class is None:
+        status = DeliveryStatus.DELIVERED
+        values.update(delivered_at=now, last_error=None)
+    elif outcome.http_status == 410 or outcome.error_class == "blocked_address":
+        status = DeliveryStatus.FAILED
+        values["last_error"] = outcome.error_message
+    else:
+        delay = retry_delay(claimed.attempts, settings)
+        values["last_error"] = outcome.error_message
+        if delay is None:
+            status = DeliveryStatus.FAILED
+        else:
+            status = DeliveryStatus.PENDING
+            values["next_attempt_at"] = now + timedelta(seconds=delay)
+            countdown = delay if delay <= COUNTDOWN_LIMIT_SECONDS else None
+    values["status"] = status
+    WEBHOOK_DELIVERIES.labels("retry" if status == DeliveryStatus.PENDING else status.value).inc()
+    with session_scope() as session:
+        session.add(
+            WebhookAttempt(
+                delivery_id=claimed.id,
+                started_at=started_at,
+                latency_ms=outcome.latency_ms,
+                http_status=outcome.http_status,
+                error_class=outcome.error_class,
+                error_message=outcome.error_message,
+            )
+        )
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == claimed.id, WebhookDelivery.status == DeliveryStatus.SENDING
+            )
+            .values(**values)
+        )
+        if outcome.http_status == 410 and claimed.endpoint_id is not None:
+            # 410 Gone: the receiver says it will never want these again.
+            session.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == claimed.endpoint_id)
+                .values(enabled=False, disabled_reason=f"answered 410 Gone at {now.isoformat()}")
+            )
+            log.warning("webhook endpoint %s answered 410 and was disabled", claimed.endpoint_id)
+        if countdown is not None:
+            publish_delivery(session, claimed.id, countdown)
+    log.info(
+        "delivery %s try %d: %s -> %s",
+        claimed.id,
+        claimed.attempts,
+        outcome.http_status or outcome.error_class,
+        status.value,
+    )
+    return status
+
+
+def due_deliveries(session: Session, settings: Settings, limit: int = 1000) -> list[uuid.UUID]:
+    """Deliveries whose wake-up is due but was never sent or was lost (for the sweeper)."""
+    now = utcnow()
+    grace = timedelta(seconds=settings.sweep_grace_seconds)
+    return list(
+        session.scalars(
+            select(WebhookDelivery.id)
+            .where(
+                or_(
+                    (WebhookDelivery.status == DeliveryStatus.PENDING)
+                    & (WebhookDelivery.next_attempt_at <= now)
+                    # A retry due soon was sent with a countdown; give it time to arrive.
+                    & (WebhookDelivery.updated_at < now - grace),
+                    (WebhookDelivery.status == DeliveryStatus.SENDING)
+                    & (WebhookDelivery.lease_expires_at < now),
+                )
+            )
+            .limit(limit)
+        )
+    )
