@@ -1,0 +1,1 @@
+"""Schedules: cron-timed re-runs of batches, prefixes and failed jobs, with history."""
