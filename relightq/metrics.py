@@ -1,0 +1,118 @@
+"""Prometheus metrics: what each process counts, and the fleet's state read at scrape time.
+
+Counters and the latency histogram live in the process that makes the call (a worker
+serves them on RELIGHTQ_WORKER_METRICS_PORT). Fleet-wide state - jobs by status, credits,
+throttle, queue depth, deliveries by status - is read from PostgreSQL and Redis when the
+API's /metrics is scraped, so it is the same whichever replica answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+log = logging.getLogger(__name__)
+
+UPSTREAM_LATENCY = Histogram(
+    "relightq_upstream_call_seconds",
+    "Duration of calls to Segmind (or the simulator), by outcome",
+    ["outcome"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120),
+)
+UPSTREAM_CALLS = Counter(
+    "relightq_upstream_calls_total",
+    "Calls to Segmind by HTTP status (or timeout / connection_error)",
+    ["status"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "relightq_webhook_delivery_attempts_total",
+    "Webhook delivery tries by result (delivered, retry, failed)",
+    ["result"],
+)
+
+
+def observe_upstream(seconds: float, status: int | None, error_code: str | None) -> None:
+    """Count one upstream call."""
+    label = str(status) if status is not None else (error_code or "error")
+    UPSTREAM_CALLS.labels(label).inc()
+    UPSTREAM_LATENCY.labels("ok" if status == 200 else "error").observe(seconds)
+
+
+class FleetStateCollector(Collector):
+    """Reads the shared state at scrape time (a failed read drops only that family)."""
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._from_database()
+        yield from self._from_redis()
+
+    def _from_database(self) -> Iterator[Metric]:
+        from relightq.db import session_scope
+        from relightq.jobs.models import Job, JobStatus, UpstreamState
+        from relightq.webhooks.models import DeliveryStatus, WebhookDelivery
+
+        try:
+            with session_scope() as session:
+                jobs: dict[str, int] = {
+                    str(status): count
+                    for status, count in session.execute(
+                        select(Job.status, func.count()).group_by(Job.status)
+                    )
+                }
+                deliveries: dict[str, int] = {
+                    str(status): count
+                    for status, count in session.execute(
+                        select(WebhookDelivery.status, func.count()).group_by(
+                            WebhookDelivery.status
+                        )
+                    )
+                }
+                credits = session.scalar(
+                    select(UpstreamState.remaining_credits).where(UpstreamState.id == 1)
+                )
+        except Exception:
+            log.warning("metrics: PostgreSQL unreadable", exc_info=True)
+            return
+        by_status = GaugeMetricFamily("relightq_jobs", "Jobs by status", labels=["status"])
+        for status in JobStatus:
+            by_status.add_metric([status.value], jobs.get(status.value, 0))
+        yield by_status
+        hooks = GaugeMetricFamily(
+            "relightq_webhook_deliveries", "Webhook deliveries by status", labels=["status"]
+        )
+        for delivery_status in DeliveryStatus:
+            hooks.add_metric([delivery_status.value], deliveries.get(delivery_status.value, 0))
+        yield hooks
+        if credits is not None:
+            yield GaugeMetricFamily(
+                "relightq_credits_remaining", "Segmind credits last reported", value=credits
+            )
+
+    def _from_redis(self) -> Iterator[Metric]:
+        from relightq.broker import Queue, broker_backlog
+        from relightq.settings import get_settings
+        from relightq.throttle.service import get_fleet
+
+        try:
+            state = get_fleet().state()
+            settings = get_settings()
+            backlog = {queue: broker_backlog(settings, queue) for queue in Queue}
+        except Exception:
+            log.warning("metrics: Redis unreadable", exc_info=True)
+            return
+        yield GaugeMetricFamily(
+            "relightq_throttle_paused", "1 while the fleet is paused", value=int(state.paused)
+        )
+        yield GaugeMetricFamily(
+            "relightq_upstream_calls_in_flight", "Segmind calls in flight", value=state.in_flight
+        )
+        depth = GaugeMetricFamily(
+            "relightq_queue_depth", "Messages waiting in the broker", labels=["queue"]
+        )
+        for queue, count in backlog.items():
+            depth.add_metric([queue.value], count)
+        yield depth

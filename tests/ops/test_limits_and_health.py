@@ -1,0 +1,85 @@
+"""Rate limits per API key, health and readiness, and the Prometheus metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from relightq.settings import get_settings
+from relightq.storage import get_storage
+from relightq.tenants import ratelimit
+from tests.conftest import Services, TenantKey
+from tests.jobs.test_end_to_end import submit_photo, wait_for
+
+pytestmark = pytest.mark.usefixtures("celery_worker")
+
+
+@pytest.fixture
+def low_rate_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(get_settings(), "rate_limit", "5/minute")
+    ratelimit._limiter.cache_clear()
+    yield
+    monkeypatch.undo()
+    ratelimit._limiter.cache_clear()
+
+
+@pytest.mark.usefixtures("low_rate_limit")
+def test_each_api_key_gets_its_own_rate_limit_then_a_429_with_retry_after(
+    services: Services, make_tenant: Callable[[], TenantKey]
+) -> None:
+    first, second = make_tenant(), make_tenant()
+    with httpx.Client(base_url=services.api, headers={"x-api-key": first.key}) as client:
+        answers = [client.get("/v1/jobs").status_code for _ in range(5)]
+        refused = client.get("/v1/jobs")
+    with httpx.Client(base_url=services.api, headers={"x-api-key": second.key}) as client:
+        other = client.get("/v1/jobs")
+
+    assert answers == [200] * 5
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert other.status_code == 200
+
+
+def test_healthz_and_readyz(services: Services) -> None:
+    assert httpx.get(f"{services.api}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{services.api}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ok", "database": "ok", "redis": "ok", "storage": "ok"}
+
+
+def test_readyz_names_what_is_unreachable(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(get_storage(), "bucket", "bucket-that-does-not-exist")
+
+    ready = httpx.get(f"{services.api}/readyz")
+
+    assert ready.status_code == 503
+    assert ready.json()["storage"] == "StorageError" and ready.json()["database"] == "ok"
+
+
+def test_metrics_show_jobs_upstream_calls_throttle_queue_and_credits(
+    services: Services, api: httpx.Client, simulator: httpx.Client
+) -> None:
+    wait_for(api, submit_photo(api, "catalog/metrics.png"), "succeeded")
+
+    text = httpx.get(f"{services.api}/metrics/").text
+
+    for needle in (
+        'relightq_jobs{status="succeeded"}',
+        'relightq_upstream_calls_total{status="200"}',
+        "relightq_upstream_call_seconds_bucket",
+        "relightq_throttle_paused 0.0",
+        'relightq_queue_depth{queue="relight"}',
+        "relightq_credits_remaining",
+        'relightq_webhook_deliveries{status="delivered"}',
+        "relightq_upstream_calls_in_flight",
+    ):
+        assert needle in text, needle
+    succeeded = next(
+        line for line in text.splitlines() if line.startswith('relightq_jobs{status="succeeded"}')
+    )
+    assert float(succeeded.split()[-1]) >= 1
