@@ -1,0 +1,122 @@
+"""POST /compat/segmind/v1/ic-light: Segmind's IC-Light v1, with relightq behind it.
+
+A client written for Segmind works unchanged but for the URL and the key (a relightq API
+key in ``x-api-key``): the call runs as a high-priority job with relightq's retries,
+throttling and storage, and the answer is Segmind's - image bytes and
+x-remaining-credits, or its status code and ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import suppress
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from api.deps import CurrentStorage, DbSession, tenant_for_key
+from api.waiting import wait_for_job
+from relightq.compat import (
+    COMPAT_PRIORITY,
+    OUT_OF_CREDITS,
+    SegmindAnswer,
+    error,
+    final_answer,
+    paused_answer,
+    waiting_for_credits,
+)
+from relightq.db import session_scope
+from relightq.errors import InvalidInput, RateLimited, RelightqError, Unauthorized
+from relightq.jobs import service
+from relightq.jobs.models import FINAL_STATUSES
+from relightq.jobs.schemas import JobCreate, JobOptions
+from relightq.segmind.wire import Reject, parse_request
+from relightq.settings import get_settings
+from relightq.throttle.service import get_fleet
+
+router = APIRouter(prefix="/compat/segmind", tags=["segmind-compatible"])
+
+
+def _respond(answer: SegmindAnswer) -> Response:
+    if answer.error is not None:
+        return JSONResponse({"error": answer.error}, answer.status, headers=answer.headers)
+    return Response(
+        answer.body, answer.status, headers=answer.headers, media_type=answer.media_type
+    )
+
+
+def _problems(exc: InvalidInput) -> str:
+    return "Invalid parameters: " + "; ".join(f"{p.field} {p.message}" for p in exc.fields)
+
+
+@router.post(
+    "/v1/ic-light",
+    summary="Segmind IC-Light v1, queued: same fields, same answers",
+    response_class=Response,
+    responses={200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}}}},
+)
+async def ic_light(request: Request, db: DbSession, storage: CurrentStorage) -> Response:
+    """JSON or multipart exactly as Segmind takes them; waits for the image."""
+    key = request.headers.get("x-api-key", "").strip()
+    if not key:
+        return _respond(error(401, "Missing x-api-key header"))
+    try:
+        tenant = await run_in_threadpool(tenant_for_key, db, key)
+    except Unauthorized:
+        return _respond(error(401, "Invalid API key"))
+    except RateLimited as exc:
+        return _respond(error(429, exc.message, **exc.headers))
+    try:
+        params, subject = await parse_request(request)
+    except Reject as exc:
+        return exc.response()
+    paused = paused_answer(get_fleet().state())
+    if paused is not None:
+        return _respond(paused)  # Segmind would refuse now: so do we, without a job
+    settings = get_settings()
+    fields = {**params.model_dump(), "priority": COMPAT_PRIORITY}
+    try:
+        if isinstance(subject, str):
+            job = await run_in_threadpool(
+                service.create_job,
+                db,
+                tenant.id,
+                JobCreate.model_validate({**fields, "subject_image": subject}),
+                settings.s3_bucket,
+            )
+        else:
+            if len(subject) > settings.max_upload_bytes:
+                return _respond(error(413, "subject_image is too large"))
+            options = JobOptions.model_validate(fields)
+            job = await run_in_threadpool(
+                service.create_job_with_upload, db, tenant.id, options, subject, storage
+            )
+    except InvalidInput as exc:
+        return _respond(error(422, _problems(exc)))
+    except RelightqError as exc:
+        return _respond(error(exc.status, exc.message))
+    await run_in_threadpool(db.commit)
+    done = await wait_for_job(
+        tenant.id, job.id, settings.compat_wait_seconds, stop=waiting_for_credits
+    )
+    if done.status not in FINAL_STATUSES:
+        if waiting_for_credits(done):
+            # Segmind would have said 406: say it, and make sure the job never runs later.
+            await run_in_threadpool(_cancel, job.id, tenant.id)
+            return _respond(error(406, OUT_OF_CREDITS))
+        return _respond(
+            error(
+                504,
+                f"still running after {settings.compat_wait_seconds:g} s; "
+                f"follow it at /v1/jobs/{job.id}",
+                Location=f"/v1/jobs/{job.id}",
+            )
+        )
+    return _respond(await run_in_threadpool(final_answer, done, storage))
+
+
+def _cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> None:
+    # If it started meanwhile, cancelling is refused and its outcome is recorded as usual.
+    with session_scope() as session, suppress(RelightqError):
+        service.cancel_job(session, tenant_id, job_id)
