@@ -1,0 +1,316 @@
+"""/dashboard: server-rendered pages over the same services as the API.
+
+Logged in with an API key (exchanged for a session cookie); a tenant sees only its own
+batches and jobs. No front-end build: Jinja templates, a little inline CSS, and a dozen
+lines of plain JavaScript that refresh progress bars from a JSON endpoint.
+"""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+from starlette.exceptions import HTTPException
+
+from api.batches import ManifestFormat, manifest_response
+from api.deps import CurrentStorage, DbSession
+from relightq.batches import service as batches
+from relightq.errors import NotFound
+from relightq.jobs import service as jobs
+from relightq.jobs.models import Job, JobStatus
+from relightq.settings import get_settings
+from relightq.storage import Storage
+from relightq.tenants import sessions
+from relightq.tenants.sessions import LoggedIn
+from relightq.throttle.schemas import throttle_view
+from relightq.throttle.service import MANUAL, get_fleet, pause_fleet, resume_fleet
+from relightq.webhooks import service as webhooks
+from relightq.webhooks.models import WebhookEvent
+
+COOKIE = "relightq_session"
+GALLERY_PAGE = 60
+router = APIRouter(prefix="/dashboard", include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return "done"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+templates.env.filters["duration"] = _duration
+
+
+def logged_in(request: Request, db: DbSession) -> LoggedIn:
+    """The session's tenant, or a redirect to the login page."""
+    who = sessions.current(db, request.cookies.get(COOKIE))
+    if who is None:
+        raise HTTPException(303, "log in first", headers={"Location": "/dashboard/login"})
+    return who
+
+
+User = Annotated[LoggedIn, Depends(logged_in)]
+
+
+def _check_csrf(user: LoggedIn, token: str) -> None:
+    if not hmac.compare_digest(user.csrf_token, token):
+        raise HTTPException(403, "the form is stale or not from this dashboard; reload it")
+
+
+def _page(request: Request, name: str, user: LoggedIn | None, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(
+        request,
+        name,
+        {
+            "tenant": user.tenant if user else None,
+            "csrf_token": user.csrf_token if user else "",
+            **context,
+        },
+    )
+
+
+def _image_url(uri: str, storage: Storage) -> str:
+    return storage.url(uri) if uri.startswith("s3://") else uri
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request) -> HTMLResponse:
+    return _page(request, "login.html", None)
+
+
+@router.post("/login", response_model=None)
+def login(request: Request, db: DbSession, api_key: Annotated[str, Form()] = "") -> Response:
+    token = sessions.log_in(db, api_key.strip())
+    if token is None:
+        page = _page(request, "login.html", None, error="That API key is not valid.")
+        page.status_code = 401
+        return page
+    db.commit()
+    response = RedirectResponse("/dashboard/batches", 303)
+    secure = request.url.scheme == "https"
+    response.set_cookie(
+        COOKIE, token, httponly=True, samesite="strict", secure=secure, path="/dashboard"
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(
+    request: Request, user: User, db: DbSession, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    _check_csrf(user, csrf_token)
+    sessions.log_out(db, request.cookies.get(COOKIE))
+    db.commit()
+    response = RedirectResponse("/dashboard/login", 303)
+    response.delete_cookie(COOKIE, path="/dashboard")
+    return response
+
+
+@router.get("", include_in_schema=False)
+@router.get("/", include_in_schema=False)
+def home() -> RedirectResponse:
+    return RedirectResponse("/dashboard/batches", 303)
+
+
+@router.get("/batches", response_class=HTMLResponse)
+def batch_list(request: Request, user: User, db: DbSession) -> HTMLResponse:
+    found, _ = batches.list_batches(db, user.tenant.id, limit=100)
+    views = [batches.batch_view(db, b) for b in found]
+    return _page(request, "batches.html", user, batches=views, section="batches")
+
+
+@router.get("/progress.json")
+def progress(user: User, db: DbSession, ids: str = "") -> dict[str, Any]:
+    answer: dict[str, Any] = {}
+    for raw in ids.split(",")[:100]:
+        try:
+            batch = batches.get_batch(db, user.tenant.id, uuid.UUID(raw))
+        except (ValueError, NotFound):
+            continue
+        view = batches.batch_view(db, batch)
+        answer[raw] = {
+            "progress": view.progress,
+            "status": view.status.value,
+            "succeeded": view.counts.succeeded,
+            "failed": view.counts.failed,
+            "waiting": view.counts.waiting,
+            "queued": view.counts.queued + view.counts.running,
+            "credits": f"{view.credits_used:.2f}",
+            "eta": _duration(view.eta_seconds),
+        }
+    return answer
+
+
+def _not_found(request: Request, user: LoggedIn, what: str) -> HTMLResponse:
+    page = _page(request, "not_found.html", user, what=what)
+    page.status_code = 404
+    return page
+
+
+@router.get("/batches/{batch_id}", response_class=HTMLResponse)
+def batch_page(
+    request: Request,
+    batch_id: uuid.UUID,
+    user: User,
+    db: DbSession,
+    storage: CurrentStorage,
+    after: Annotated[int, Query(ge=0)] = 0,
+) -> HTMLResponse:
+    try:
+        batch = batches.get_batch(db, user.tenant.id, batch_id)
+    except NotFound:
+        return _not_found(request, user, "Batch")
+    rows = list(
+        db.scalars(
+            select(Job)
+            .where(Job.batch_id == batch.id, Job.batch_row > after)
+            .options(selectinload(Job.outputs))
+            .order_by(Job.batch_row)
+            .limit(GALLERY_PAGE)
+        )
+    )
+    items = [
+        {
+            "id": job.id,
+            "row": job.batch_row,
+            "external_id": job.external_id,
+            "status": job.status,
+            "before": _image_url(job.subject_image, storage),
+            "after": storage.url(job.outputs[0].uri) if job.outputs else None,
+        }
+        for job in rows
+    ]
+    next_after = rows[-1].batch_row if len(rows) == GALLERY_PAGE else None
+    view = batches.batch_view(db, batch)
+    return _page(
+        request,
+        "batch.html",
+        user,
+        batch=view,
+        items=items,
+        next_after=next_after,
+        section="batches",
+    )
+
+
+@router.post("/batches/{batch_id}/retry-failed")
+def batch_retry(
+    batch_id: uuid.UUID, user: User, db: DbSession, csrf_token: Annotated[str, Form()] = ""
+) -> RedirectResponse:
+    _check_csrf(user, csrf_token)
+    batches.retry_failed(db, user.tenant.id, batch_id)
+    db.commit()
+    return RedirectResponse(f"/dashboard/batches/{batch_id}", 303)
+
+
+@router.get("/batches/{batch_id}/{kind}.csv")
+def batch_manifest(
+    batch_id: uuid.UUID, kind: str, user: User, db: DbSession, storage: CurrentStorage
+) -> StreamingResponse:
+    if kind not in ("results", "errors"):
+        raise HTTPException(404, "no such manifest")
+    return manifest_response(
+        batch_id, user.tenant, db, storage, ManifestFormat.CSV, errors_only=kind == "errors"
+    )
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def job_list(
+    request: Request,
+    user: User,
+    db: DbSession,
+    status: str = "",
+    cursor: str | None = None,
+) -> HTMLResponse:
+    wanted = JobStatus(status) if status in {s.value for s in JobStatus} else None
+    found, next_cursor = jobs.list_jobs(db, user.tenant.id, wanted, None, cursor, 50)
+    return _page(
+        request,
+        "jobs.html",
+        user,
+        jobs=found,
+        status=status,
+        next_cursor=next_cursor,
+        section="jobs",
+    )
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(
+    request: Request, job_id: uuid.UUID, user: User, db: DbSession, storage: CurrentStorage
+) -> HTMLResponse:
+    try:
+        job = jobs.get_job(db, user.tenant.id, job_id)
+    except NotFound:
+        return _not_found(request, user, "Job")
+    event_ids = list(
+        db.scalars(
+            select(WebhookEvent.id).where(
+                WebhookEvent.tenant_id == user.tenant.id,
+                WebhookEvent.payload["data"]["id"].as_string() == str(job.id),
+            )
+        )
+    )
+    deliveries = []
+    for event_id in event_ids:
+        deliveries += webhooks.get_event(db, user.tenant.id, event_id).deliveries
+    return _page(
+        request,
+        "job.html",
+        user,
+        job=jobs.job_view(job, storage),
+        before=_image_url(job.subject_image, storage),
+        deliveries=deliveries,
+        section="jobs",
+    )
+
+
+@router.post("/jobs/{job_id}/retry")
+def job_retry(
+    job_id: uuid.UUID, user: User, db: DbSession, csrf_token: Annotated[str, Form()] = ""
+) -> RedirectResponse:
+    _check_csrf(user, csrf_token)
+    jobs.retry_job(db, user.tenant.id, job_id)
+    db.commit()
+    return RedirectResponse(f"/dashboard/jobs/{job_id}", 303)
+
+
+@router.get("/throttle", response_class=HTMLResponse)
+def throttle_page(request: Request, user: User) -> HTMLResponse:
+    state = throttle_view(get_fleet().state(), get_settings())
+    return _page(request, "throttle.html", user, state=state, section="throttle")
+
+
+@router.post("/throttle/{action}")
+async def throttle_action(
+    action: str,
+    user: User,
+    csrf_token: Annotated[str, Form()] = "",
+    reason: Annotated[str, Form()] = "",
+) -> RedirectResponse:
+    _check_csrf(user, csrf_token)
+    if not user.tenant.is_operator:
+        raise HTTPException(403, "only operators can pause or resume the fleet")
+    if action == "pause":
+        text = reason.strip()[:500] or f"paused from the dashboard by {user.tenant.name}"
+        await run_in_threadpool(pause_fleet, get_fleet(), MANUAL, text, manual=True)
+    elif action == "resume":
+        await run_in_threadpool(resume_fleet, get_fleet(), manual=True)
+    else:
+        raise HTTPException(404, "no such action")
+    return RedirectResponse("/dashboard/throttle", 303)

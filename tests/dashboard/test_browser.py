@@ -1,0 +1,241 @@
+"""The dashboard in a real browser: Debian's headless Chromium driven by Selenium.
+
+Screenshots of the main pages are kept in test-artifacts/ for people to look at.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.batches.helpers import wait_batch
+from tests.conftest import Services, TenantKey
+from tests.jobs.test_end_to_end import shop_image, wait_for
+from tests.support.receiver import Receiver
+
+pytestmark = pytest.mark.usefixtures("celery_worker")
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def chrome() -> Iterator[WebDriver]:
+    """One headless Chromium for the session (Debian's chromium + chromium-driver)."""
+    binary = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.fail("chromium and chromium-driver are required (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1280,1600")
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    driver.set_page_load_timeout(30)
+    ARTIFACTS.mkdir(exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def browser(chrome: WebDriver, services: Services) -> Iterator[WebDriver]:
+    """The browser with no session cookie."""
+    chrome.get(f"{services.api}/dashboard/login")
+    chrome.delete_all_cookies()
+    yield chrome
+
+
+def log_in(browser: WebDriver, services: Services, key: str) -> None:
+    browser.get(f"{services.api}/dashboard/login")
+    browser.find_element(By.ID, "api_key").send_keys(key)
+    press(browser, "login")
+    assert "/dashboard/batches" in browser.current_url
+
+
+def press(browser: WebDriver, element_id: str) -> None:
+    """Click a form's button and wait until the page it leads to has replaced this one."""
+    page = browser.find_element(By.TAG_NAME, "html")
+    browser.find_element(By.ID, element_id).click()
+    WebDriverWait(browser, 20).until(staleness_of(page))
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.1)
+
+
+def screenshot(browser: WebDriver, name: str) -> None:
+    browser.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
+
+
+def images_loaded(browser: WebDriver, selector: str) -> list[int]:
+    widths: list[int] = browser.execute_script(
+        "return Array.from(document.querySelectorAll(arguments[0]), i => i.naturalWidth)",
+        selector,
+    )
+    return widths
+
+
+def catalog_batch(api: httpx.Client, count: int, **fields: Any) -> str:
+    _, url = shop_image("dashboard/product.png")
+    items = [{"subject_image": url, "external_id": f"SKU-{n}"} for n in range(count)]
+    body = {"name": "spring catalog", "defaults": {"prompt": "studio"}, "items": items, **fields}
+    return str(api.post("/v1/batches", json=body).json()["id"])
+
+
+def test_login_is_required_and_a_bad_key_is_refused(browser: WebDriver, services: Services) -> None:
+    browser.get(f"{services.api}/dashboard/batches")
+    assert "/dashboard/login" in browser.current_url
+    browser.find_element(By.ID, "api_key").send_keys("rq_not_a_key")
+    press(browser, "login")
+    assert "not valid" in browser.find_element(By.ID, "login-error").text
+    screenshot(browser, "login")
+
+
+def test_batches_show_live_progress_and_counts(
+    browser: WebDriver,
+    services: Services,
+    tenant: TenantKey,
+    api: httpx.Client,
+    simulator: httpx.Client,
+) -> None:
+    simulator.post("/admin/config", json={"latency": 0.4}).raise_for_status()
+    batch_id = catalog_batch(api, 16)
+    log_in(browser, services, tenant.key)
+
+    row = browser.find_element(By.CSS_SELECTOR, f'[data-batch="{batch_id}"]')
+    first = float(row.find_element(By.TAG_NAME, "progress").get_attribute("value") or 0)
+    screenshot(browser, "batches")
+    # No reload: the bar moves by itself as items finish.
+    wait_until(
+        lambda: (
+            float(row.find_element(By.TAG_NAME, "progress").get_attribute("value") or 0) > first
+        ),
+        timeout=30,
+    )
+    wait_batch(api, batch_id, "completed", timeout=60)
+    wait_until(lambda: row.find_element(By.CSS_SELECTOR, '[data-field="succeeded"]').text == "16")
+    assert row.find_element(By.CSS_SELECTOR, '[data-field="status"]').text == "completed"
+
+
+def test_a_batch_page_shows_before_and_after_and_retries_its_failures(
+    browser: WebDriver,
+    services: Services,
+    tenant: TenantKey,
+    api: httpx.Client,
+    simulator: httpx.Client,
+) -> None:
+    batch_id = catalog_batch(api, 3)
+    wait_batch(api, batch_id, "completed")
+    simulator.post("/admin/config", json={"fail_500_rate": 1.0}).raise_for_status()
+    failing = catalog_batch(api, 2)
+    wait_batch(api, failing, "completed")
+    simulator.post("/admin/config", json={"fail_500_rate": 0.0}).raise_for_status()
+    log_in(browser, services, tenant.key)
+
+    browser.get(f"{services.api}/dashboard/batches/{batch_id}")
+    wait_until(lambda: all(w > 0 for w in images_loaded(browser, ".item img")))
+    assert len(images_loaded(browser, ".item img")) == 6  # three before, three after
+    screenshot(browser, "batch-gallery")
+
+    browser.get(f"{services.api}/dashboard/batches/{failing}")
+    press(browser, "retry-failed")
+    done = wait_batch(api, failing, "completed")
+    assert done["counts"]["succeeded"] == 2
+
+
+def test_a_job_page_shows_attempts_errors_deliveries_and_a_retry_button(
+    browser: WebDriver,
+    services: Services,
+    tenant: TenantKey,
+    api: httpx.Client,
+    simulator: httpx.Client,
+    hooks: Receiver,
+) -> None:
+    api.post("/v1/webhooks/endpoints", json={"url": hooks.url}).raise_for_status()
+    simulator.post("/admin/config", json={"fail_500_rate": 1.0}).raise_for_status()
+    _, url = shop_image("dashboard/job.png")
+    job_id = api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
+    wait_for(api, job_id, "failed")
+    hooks.wait_for(1)
+    simulator.post("/admin/config", json={"fail_500_rate": 0.0}).raise_for_status()
+    log_in(browser, services, tenant.key)
+
+    browser.get(f"{services.api}/dashboard/jobs/{job_id}")
+    assert browser.find_element(By.ID, "job-status").text == "failed"
+    assert (
+        "500" in browser.find_element(By.ID, "job-error").text
+        or browser.find_element(By.ID, "job-error").text
+    )
+    attempts = browser.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")
+    assert len(attempts) == 3 and "500" in attempts[0].text
+    deliveries = browser.find_element(By.ID, "deliveries").text
+    assert "job.failed" in deliveries and hooks.url in deliveries
+    screenshot(browser, "job")
+
+    press(browser, "retry-job")
+    assert browser.find_element(By.ID, "job-status").text != "failed"
+    assert wait_for(api, job_id, "succeeded", "failed")["status"] == "succeeded"
+    browser.get(f"{services.api}/dashboard/jobs/{job_id}")
+    wait_until(lambda: all(w > 0 for w in images_loaded(browser, ".pair img")))
+
+
+def test_an_operator_pauses_and_resumes_the_fleet_from_the_fleet_page(
+    browser: WebDriver, services: Services, operator: TenantKey, simulator: httpx.Client
+) -> None:
+    log_in(browser, services, operator.key)
+    browser.get(f"{services.api}/dashboard/throttle")
+    assert browser.find_element(By.ID, "fleet-state").text == "running"
+    browser.find_element(By.ID, "reason").send_keys("catalog freeze")
+    press(browser, "pause")
+
+    assert browser.find_element(By.ID, "fleet-state").text == "paused"
+    assert "catalog freeze" in browser.page_source
+    assert (
+        httpx.get(f"{services.api}/v1/throttle", headers={"x-api-key": operator.key}).json()[
+            "state"
+        ]
+        == "paused"
+    )
+    screenshot(browser, "fleet-paused")
+    press(browser, "resume")
+    assert browser.find_element(By.ID, "fleet-state").text == "running"
+    assert (
+        httpx.get(f"{services.api}/v1/throttle", headers={"x-api-key": operator.key}).json()[
+            "state"
+        ]
+        == "running"
+    )
+
+
+def test_a_tenant_sees_only_its_own_data(
+    browser: WebDriver,
+    services: Services,
+    tenant: TenantKey,
+    api: httpx.Client,
+    make_tenant: Callable[[], TenantKey],
+) -> None:
+    mine = catalog_batch(api, 1)
+    other = make_tenant()
+    log_in(browser, services, other.key)
+
+    assert mine not in browser.page_source
+    browser.get(f"{services.api}/dashboard/batches/{mine}")
+    assert browser.find_element(By.ID, "not-found").text == "Batch not found."
+    assert browser.find_elements(By.ID, "pause") == []
+    browser.get(f"{services.api}/dashboard/throttle")
+    assert "Only operators" in browser.page_source
