@@ -14,13 +14,14 @@ from typing import Any
 
 from celery import Celery
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from relightq.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 _PENDING = "relightq.pending_tasks"
+_OUTCOME = "relightq.transaction_outcome"
 
 
 class Queue(StrEnum):
@@ -29,6 +30,8 @@ class Queue(StrEnum):
     RELIGHT = "relight"  # one message per job; each may hold an upstream call for ~30 s
     # Probes, wake-ups and sweeps must not wait behind a 100k-job backlog.
     CONTROL = "control"
+    # Deliveries wait on customers' servers: never in front of relight or control work.
+    WEBHOOKS = "webhooks"
 
 
 class TaskName(StrEnum):
@@ -38,6 +41,8 @@ class TaskName(StrEnum):
     RELIGHT_SWEEP = "relight.sweep"
     THROTTLE_PROBE = "throttle.probe"
     THROTTLE_WAKE = "throttle.wake"
+    WEBHOOK_DELIVER = "webhooks.deliver"
+    SCHEDULES_TICK = "schedules.tick"
 
 
 # Celery's Redis transport emulates priorities with one list per step; 0 is served first.
@@ -75,6 +80,8 @@ def configure_celery(app: Celery, settings: Settings) -> None:
             TaskName.RELIGHT_SWEEP.value: {"queue": Queue.CONTROL.value},
             TaskName.THROTTLE_PROBE.value: {"queue": Queue.CONTROL.value},
             TaskName.THROTTLE_WAKE.value: {"queue": Queue.CONTROL.value},
+            TaskName.WEBHOOK_DELIVER.value: {"queue": Queue.WEBHOOKS.value},
+            TaskName.SCHEDULES_TICK.value: {"queue": Queue.CONTROL.value},
         },
         beat_schedule={
             "sweep": {
@@ -84,7 +91,17 @@ def configure_celery(app: Celery, settings: Settings) -> None:
                     "queue": Queue.CONTROL.value,
                     "expires": settings.sweep_interval_seconds,
                 },
-            }
+            },
+            # Beat only says "look now"; PostgreSQL decides what is due, so two beats
+            # started by mistake still fire each run once.
+            "schedules": {
+                "task": TaskName.SCHEDULES_TICK.value,
+                "schedule": settings.schedule_tick_seconds,
+                "options": {
+                    "queue": Queue.CONTROL.value,
+                    "expires": settings.schedule_tick_seconds,
+                },
+            },
         },
     )
     if settings.broker_url.startswith("memory://"):
@@ -117,20 +134,41 @@ def get_celery() -> Celery:
 
 
 def enqueue_after_commit(session: Session, task: TaskName, *args: Any, **options: Any) -> None:
-    """Send ``task`` once ``session`` commits; forget it if the session rolls back."""
-    session.info.setdefault(_PENDING, []).append((task, args, options))
+    """Send ``task`` once ``session``'s outermost transaction commits; forget it if the
+    transaction (or the savepoint it was queued in) rolls back."""
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    pending: dict[Any, list[Any]] = session.info.setdefault(_PENDING, {})
+    pending.setdefault(transaction, []).append((task, args, options))
 
 
+# SQLAlchemy fires after_commit for a savepoint's RELEASE too, so messages are kept per
+# transaction and only the outermost commit sends them; a savepoint passes its messages
+# to its parent on commit and drops them on rollback.
 @event.listens_for(Session, "after_commit")
-def _publish_pending(session: Session) -> None:
-    for task, args, options in session.info.pop(_PENDING, []):
+def _note_commit(session: Session) -> None:
+    session.info[_OUTCOME] = "commit"
+
+
+@event.listens_for(Session, "after_rollback")
+def _note_rollback(session: Session) -> None:
+    session.info[_OUTCOME] = "rollback"
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _settle_pending(session: Session, transaction: SessionTransaction) -> None:
+    pending: dict[Any, list[Any]] = session.info.get(_PENDING, {})
+    outcome = session.info.pop(_OUTCOME, None)
+    messages = pending.pop(transaction, [])
+    if transaction.parent is not None:
+        if outcome == "commit" and messages:
+            pending.setdefault(transaction.parent, []).extend(messages)
+        return
+    messages += pending.pop(None, [])
+    if outcome != "commit":
+        return
+    for task, args, options in messages:
         try:
             get_celery().send_task(task.value, args=list(args), **options)
         except Exception:
             # The row is committed; the sweeper re-publishes jobs whose wake-up was lost.
             log.exception("could not publish %s%r; the sweeper will retry", task, args)
-
-
-@event.listens_for(Session, "after_rollback")
-def _drop_pending(session: Session) -> None:
-    session.info.pop(_PENDING, None)
