@@ -13,6 +13,7 @@ from relightq.db import get_sessionmaker
 from relightq.errors import Unauthorized
 from relightq.storage import Storage, get_storage
 from relightq.tenants.models import Tenant
+from relightq.tenants.ratelimit import check_rate
 from relightq.tenants.service import authenticate
 
 _api_key_header = APIKeyHeader(name="x-api-key", auto_error=False, description="relightq API key")
@@ -38,10 +39,15 @@ def current_tenant(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> Tenant:
     """The tenant whose key came in ``Authorization: Bearer`` or ``x-api-key``."""
-    key = bearer.credentials if bearer else api_key
+    return tenant_for_key(db, bearer.credentials if bearer else api_key)
+
+
+def tenant_for_key(db: Session, key: str | None) -> Tenant:
+    """The key's tenant, counted against its rate limit; Unauthorized or RateLimited."""
     tenant = authenticate(db, key) if key else None
-    if tenant is None:
+    if tenant is None or key is None:
         raise Unauthorized
+    check_rate(key)
     return tenant
 
 

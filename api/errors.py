@@ -11,8 +11,29 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from relightq.batches.schemas import ALLOWED as BATCH_ALLOWED
 from relightq.errors import FieldProblem, RelightqError, field_problems
-from relightq.jobs.schemas import ALLOWED
+from relightq.jobs.schemas import ALLOWED as JOB_ALLOWED
+from relightq.schedules.schemas import ALLOWED as SCHEDULE_ALLOWED
+from relightq.triggers.schemas import ALLOWED as TRIGGER_ALLOWED
+from relightq.webhooks.schemas import ALLOWED as WEBHOOK_ALLOWED
+
+# What each area's fields allow, shown with every problem ("allowed" in the error body).
+ALLOWED_BY_PREFIX = {
+    "/v1/batches": {**JOB_ALLOWED, **BATCH_ALLOWED},
+    "/v1/schedules": {**JOB_ALLOWED, **SCHEDULE_ALLOWED},
+    "/v1/triggers": {**JOB_ALLOWED, **TRIGGER_ALLOWED},
+    "/v1/webhooks": {**JOB_ALLOWED, **WEBHOOK_ALLOWED},
+}
+
+
+def allowed_for(path: str) -> dict[str, str]:
+    """The allowed-values hints of the API area ``path`` is in."""
+    for prefix, allowed in ALLOWED_BY_PREFIX.items():
+        if path.startswith(prefix):
+            return allowed
+    return JOB_ALLOWED
+
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +61,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RelightqError)
     async def _relightq(_: Request, exc: RelightqError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.fields)
+        return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = field_problems(exc.errors(), ALLOWED)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = field_problems(exc.errors(), allowed_for(request.url.path))
         message = "invalid input: " + ", ".join(p.field for p in problems)
         return error_response(422, "validation_error", message, problems)
 

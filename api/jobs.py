@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from api.bodies import read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
+from api.idempotency import key_of, remember, replay_or_claim
+from api.waiting import prefer_wait, wait_for_job
 from relightq.errors import FieldProblem, InvalidInput, RelightqError, field_problems
 from relightq.jobs import service
-from relightq.jobs.models import JobStatus
+from relightq.jobs.models import FINAL_STATUSES, JobStatus
 from relightq.jobs.schemas import ALLOWED, JobCreate, JobOptions, JobOut, JobPage
 from relightq.settings import get_settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+ENDPOINT = "POST /v1/jobs"
 
 _MULTIPART_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -44,17 +50,9 @@ def _invalid(exc: ValidationError) -> InvalidInput:
     return InvalidInput(field_problems(exc.errors(), ALLOWED))
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput([FieldProblem("body", "is not valid JSON", "a JSON object")]) from exc
-    if not isinstance(body, dict):
-        raise InvalidInput([FieldProblem("body", "must be a JSON object", "a JSON object")])
-    return body
-
-
-async def _read_upload(upload: UploadFile, limit: int) -> bytes:
+async def _read_upload(upload: UploadFile | str | None, limit: int) -> bytes:
+    if not isinstance(upload, UploadFile):
+        return b""  # reported as a field problem by the caller
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise RelightqError(
@@ -76,13 +74,23 @@ async def create_job(
     tenant: CurrentTenant,
     db: DbSession,
     storage: CurrentStorage,
-) -> JobOut:
-    """Validate everything first, store nothing for a rejected request, answer 202."""
+) -> JobOut | JSONResponse:
+    """Validate everything first, store nothing for a rejected request, answer 202.
+
+    With an ``Idempotency-Key`` header, a retry of the same request gets the first answer
+    (``Idempotent-Replayed: true``) and creates nothing more. With ``Prefer: wait=N``
+    (N up to 60) the answer waits up to N seconds: 200 with the final job, else 202.
+    """
     settings = get_settings()
+    key = key_of(request.headers)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
+        body = await read_json_object(request)
+        replay = await replay_or_claim(db, tenant.id, key, ENDPOINT, body)
+        if replay is not None:
+            return replay
         try:
-            job_request = JobCreate.model_validate(await _json_object(request))
+            job_request = JobCreate.model_validate(body)
         except ValidationError as exc:
             raise _invalid(exc) from exc
         job = await run_in_threadpool(
@@ -98,6 +106,11 @@ async def create_job(
                 FieldProblem("subject_image", "must be an uploaded file", ALLOWED["subject_image"])
             )
         fields.pop("subject_image", None)
+        data = await _read_upload(upload, settings.max_upload_bytes)
+        request_form = {**fields, "subject_image": hashlib.sha256(data).hexdigest()}
+        replay = await replay_or_claim(db, tenant.id, key, ENDPOINT, request_form)
+        if replay is not None:
+            return replay
         if isinstance(fields.get("metadata"), str):
             try:
                 fields["metadata"] = json.loads(fields["metadata"])
@@ -110,8 +123,6 @@ async def create_job(
             problems.extend(field_problems(exc.errors(), ALLOWED))
         if problems:
             raise InvalidInput(problems)
-        assert isinstance(upload, UploadFile)
-        data = await _read_upload(upload, settings.max_upload_bytes)
         job = await run_in_threadpool(
             service.create_job_with_upload, db, tenant.id, options, data, storage
         )
@@ -119,9 +130,20 @@ async def create_job(
         raise RelightqError(
             "send application/json or multipart/form-data", 415, "unsupported_media_type"
         )
+    view = service.job_view(job, storage)
+    location = f"/v1/jobs/{job.id}"
+    await run_in_threadpool(remember, db, tenant.id, key, 202, view, location)
     await run_in_threadpool(db.commit)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return service.job_view(job, storage)
+    response.headers["Location"] = location
+    wait = prefer_wait(request.headers.get("prefer"))
+    if wait is None:
+        return view
+    # Prefer: wait=N (RFC 7240, as Replicate): the final job within N s, else the 202.
+    response.headers["Preference-Applied"] = f"wait={wait}"
+    done = await wait_for_job(tenant.id, job.id, wait)
+    if done.status in FINAL_STATUSES:
+        response.status_code = 200
+    return service.job_view(done, storage)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job, with presigned output URLs")
@@ -145,3 +167,25 @@ def list_jobs(
     """Keyset-paginated: follow ``next_cursor`` until it is null."""
     jobs, next_cursor = service.list_jobs(db, tenant.id, status, batch_id, cursor, limit)
     return JobPage(items=[service.job_view(j, storage) for j in jobs], next_cursor=next_cursor)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job not yet running")
+def cancel_job(
+    job_id: uuid.UUID, tenant: CurrentTenant, db: DbSession, storage: CurrentStorage
+) -> JobOut:
+    """Queued and waiting jobs are cancelled; a running one is a 409 (it will finish)."""
+    service.cancel_job(db, tenant.id, job_id)
+    db.commit()
+    return service.job_view(service.get_job(db, tenant.id, job_id), storage)
+
+
+@router.post(
+    "/{job_id}/retry", response_model=JobOut, summary="Run a failed or cancelled job again"
+)
+def retry_job(
+    job_id: uuid.UUID, tenant: CurrentTenant, db: DbSession, storage: CurrentStorage
+) -> JobOut:
+    """Fresh attempts; a batch item goes back to its batch and runs within its window."""
+    service.retry_job(db, tenant.id, job_id)
+    db.commit()
+    return service.job_view(service.get_job(db, tenant.id, job_id), storage)

@@ -8,16 +8,25 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from relightq.batches.cli import batch_app
+from relightq.schedules.cli import schedule_app
+
 app = typer.Typer(help="relightq: relight product images with Segmind IC-Light, queued.")
 keys_app = typer.Typer(help="Manage client API keys.")
 app.add_typer(keys_app, name="keys")
 throttle_app = typer.Typer(help="See, pause and resume the fleet's upstream calls.")
 app.add_typer(throttle_app, name="throttle")
+app.add_typer(batch_app, name="batch")
+app.add_typer(schedule_app, name="schedule")
 console = Console()
 
 
-def _logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(level: int | None = None) -> None:
+    from relightq.logs import configure
+    from relightq.settings import get_settings
+
+    settings = get_settings()
+    configure(logging.getLevelName(level) if level else settings.log_level, settings.log_format)
 
 
 @app.command()
@@ -45,6 +54,12 @@ def worker(
 
     _logging()
     get_settings().warn_if_simulated()
+    metrics_port = get_settings().worker_metrics_port
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        # This process's own counters: upstream latency and calls, webhook deliveries.
+        start_http_server(metrics_port)
     threads = concurrency or get_settings().worker_concurrency
     # Threads: each job spends ~30 s waiting on Segmind, so one process can hold many calls.
     celery_app.worker_main(
@@ -52,7 +67,7 @@ def worker(
             "worker",
             "--pool=threads",
             f"--concurrency={threads}",
-            f"--queues={Queue.RELIGHT.value},{Queue.CONTROL.value}",
+            f"--queues={Queue.RELIGHT.value},{Queue.CONTROL.value},{Queue.WEBHOOKS.value}",
             "--loglevel=INFO",
             "--without-gossip",
             "--without-mingle",

@@ -27,6 +27,8 @@ class RelightqError(Exception):
     status: int = 400
     code: str = "bad_request"
     fields: list[FieldProblem] = field(default_factory=list)
+    # Extra response headers, e.g. Retry-After on a 429.
+    headers: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.message
@@ -77,3 +79,15 @@ def field_problems(errors: Any, allowed: dict[str, str]) -> list[FieldProblem]:
         if name not in problems:
             problems[name] = FieldProblem(name, message, allowed.get(top))
     return list(problems.values())
+
+
+class RateLimited(RelightqError):
+    """Too many requests for one API key; Retry-After says when to come back."""
+
+    def __init__(self, limit: str, retry_after: int) -> None:
+        super().__init__(
+            f"rate limit of {limit} per API key exceeded; retry in {retry_after} s",
+            429,
+            "rate_limited",
+            headers={"Retry-After": str(retry_after)},
+        )

@@ -6,7 +6,7 @@ import logging
 from functools import lru_cache
 from itertools import pairwise
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,47 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 20 * 1024 * 1024
 
     worker_concurrency: int = 16
+    # Where a worker serves its own counters (upstream latency and calls, deliveries).
+    worker_metrics_port: int | None = None
+    # "text" for people, "json" for log pipelines; both carry job, batch and tenant ids.
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+    log_level: str = "INFO"
+
+    # Batches (SPEC §3). A batch hands the broker at most this many of its items at a
+    # time, so a 100k-item batch never buries single jobs or later batches; None means
+    # twice RELIGHTQ_MAX_CONCURRENT_CALLS, enough to keep every upstream slot busy.
+    batch_window: int | None = Field(default=None, ge=1)
+    max_batch_items: int = Field(default=200_000, ge=1)
+    # CSV/JSONL uploads are streamed to a temporary file, never held whole in memory.
+    max_batch_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    # How many bad rows a rejected batch lists (the count is always exact).
+    max_reported_row_errors: int = Field(default=1000, ge=1)
+
+    # Requests per API key across every API process, in the `limits` notation
+    # ("1200/minute", "20/second;1000/hour" is not supported: one rate); empty: no limit.
+    rate_limit: str = "1200/minute"
+
+    # How long the Segmind-compatible endpoint waits for a job before answering 504
+    # (the job goes on; Segmind itself answers within ~30 s).
+    compat_wait_seconds: float = Field(default=300.0, gt=0)
+
+    # How often the scheduler looks for due schedules (a run fires within this of its time).
+    schedule_tick_seconds: float = Field(default=15.0, gt=0)
+
+    # Idempotency-Key answers are replayed for at least this long (Stripe keeps 24 h).
+    idempotency_ttl_hours: float = Field(default=24.0, ge=24.0)
+
+    # Outbound webhooks: the delays before each retry, then the delivery fails. The
+    # default spreads 10 tries over ~3.3 days, like Svix's schedule for Standard Webhooks.
+    webhook_retry_schedule_seconds: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000, 86400, 86400], min_length=1
+    )
+    # Each delay is drawn from [d * (1 - j), d * (1 + j)] so endpoints are not stampeded.
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Hosts or CIDRs that callbacks may reach although private, loopback or link-local
+    # (comma-separated, e.g. "10.0.0.0/8,hooks.internal"); empty: public addresses only.
+    outbound_allow: str = ""
 
     # Fleet-wide limits (SPEC guarantee 4); Segmind plans allow 5 (free) or 50 (pro) a minute.
     redis_url: str | None = None  # fleet state; defaults to the broker when that is Redis
@@ -95,6 +136,23 @@ class Settings(BaseSettings):
             if not a < b:
                 raise ValueError(f"{a_name} ({a}) must be less than {b_name} ({b})")
         return self
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        if value:
+            from limits import parse
+
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a rate such as 1200/minute") from exc
+        return value
+
+    @property
+    def batch_window_size(self) -> int:
+        """Items of one batch the broker may hold or run at once."""
+        return self.batch_window or 2 * self.max_concurrent_calls
 
     @property
     def uses_simulator(self) -> bool:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 
 # Settings are read once per process: point them at the test services before any import.
-TEST_DB = "relightq_test"
+# Two suites may run side by side on one machine when each names its own database and
+# Redis db (e.g. RELIGHTQ_TEST_DB=relightq_test_b RELIGHTQ_TEST_REDIS_DB=14).
+TEST_DB = os.environ.get("RELIGHTQ_TEST_DB", "relightq_test")
+TEST_REDIS_DB = os.environ.get("RELIGHTQ_TEST_REDIS_DB", "15")
 os.environ.update(
     RELIGHTQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{TEST_DB}",
-    RELIGHTQ_BROKER_URL="redis://127.0.0.1:6379/15",
+    RELIGHTQ_BROKER_URL=f"redis://127.0.0.1:6379/{TEST_REDIS_DB}",
     RELIGHTQ_S3_BUCKET="relightq-test",
     RELIGHTQ_S3_ACCESS_KEY_ID="testing",
     RELIGHTQ_S3_SECRET_ACCESS_KEY="testing",
@@ -22,6 +25,12 @@ os.environ.update(
     RELIGHTQ_PROBE_MAX_INTERVAL_SECONDS="2",
     RELIGHTQ_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024),
     RELIGHTQ_MAX_REQUEST_BYTES=str(3 * 1024 * 1024),
+    # The suite's webhook receivers listen on loopback; everything else private stays blocked.
+    RELIGHTQ_OUTBOUND_ALLOW="127.0.0.1",
+    RELIGHTQ_WEBHOOK_RETRY_SCHEDULE_SECONDS="[0.3, 0.6, 1.0]",
+    RELIGHTQ_WEBHOOK_TIMEOUT_SECONDS="3",
+    # Tests poll hard; the rate limit has its own test.
+    RELIGHTQ_RATE_LIMIT="1000000/minute",
 )
 os.environ.pop("RELIGHTQ_SEGMIND_API_KEY", None)
 os.environ.pop("RELIGHTQ_LOCAL_STORAGE_DIR", None)
@@ -46,6 +55,7 @@ from relightq.settings import get_settings  # noqa: E402
 from relightq.storage import S3Storage  # noqa: E402
 from relightq.tenants.service import create_key, get_or_create_tenant  # noqa: E402
 from tests.support.caches import reset_caches  # noqa: E402
+from tests.support.receiver import Receiver, receiver  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,11 @@ def celery_worker(services: Services) -> Iterator[None]:
 
     cancel_leftover_jobs()  # jobs of tests that ran without a worker stay unrun
     with start_worker(
-        app, pool="threads", concurrency=4, perform_ping_check=False, queues=["relight", "control"]
+        app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        queues=["relight", "control", "webhooks"],
     ):
         yield
 
@@ -207,3 +221,17 @@ def simulator(services: Services) -> Iterator[httpx.Client]:
         yield client
         client.post("/admin/config", json=defaults).raise_for_status()
         reset_fleet()
+
+
+@pytest.fixture
+def hooks(database: str) -> Iterator[Receiver]:
+    """A webhook receiver on loopback; every endpoint is disabled afterwards, so later
+    tests' fleet events do not chase receivers that are gone."""
+    from sqlalchemy import update
+
+    from relightq.webhooks.models import WebhookEndpoint
+
+    with receiver() as hooks:
+        yield hooks
+    with session_scope() as session:
+        session.execute(update(WebhookEndpoint).values(enabled=False))

@@ -186,3 +186,9 @@ def test_app_services_share_the_relightq_environment() -> None:
     assert services()["api"]["environment"]["RELIGHTQ_SEGMIND_API_KEY"] == (
         "${RELIGHTQ_SEGMIND_API_KEY:-}"
     )
+
+
+def test_workers_serve_their_own_metrics() -> None:
+    worker = services()["worker"]
+    assert worker["environment"]["RELIGHTQ_WORKER_METRICS_PORT"] == "9101"
+    assert "9101" in [str(port) for port in worker.get("expose", [])]

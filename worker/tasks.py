@@ -12,13 +12,15 @@ from celery.signals import worker_process_init
 from sqlalchemy.exc import OperationalError
 
 from relightq.broker import TaskName, broker_backlog, get_celery
-from relightq.db import session_scope
+from relightq.db import get_sessionmaker, session_scope, utcnow
 from relightq.jobs.runner import RunnerDeps, run_job
 from relightq.jobs.sweeper import sweep
+from relightq.schedules.service import tick
 from relightq.segmind import get_segmind_client
 from relightq.settings import get_settings
 from relightq.storage import get_storage
 from relightq.throttle.service import get_fleet, probe, schedule_probe, wake_waiting_jobs
+from relightq.webhooks.delivery import deliver
 
 log = logging.getLogger(__name__)
 
@@ -83,3 +85,22 @@ def throttle_wake() -> None:
     with session_scope() as session:
         count = wake_waiting_jobs(session)
     log.info("woke %d waiting jobs", count)
+
+
+@app.task(name=TaskName.WEBHOOK_DELIVER.value, **DB_RETRY)
+def webhook_deliver(delivery_id: str) -> None:
+    """Try one webhook delivery; duplicates of the message send nothing more."""
+    try:
+        parsed = uuid.UUID(delivery_id)
+    except ValueError:
+        log.error("webhooks.deliver got a malformed delivery id %r; dropping it", delivery_id)
+        return
+    deliver(parsed, get_settings())
+
+
+@app.task(name=TaskName.SCHEDULES_TICK.value, **DB_RETRY)
+def schedules_tick() -> None:
+    """Fire the schedules that are due (PostgreSQL makes each run fire once)."""
+    fired = tick(get_sessionmaker(), utcnow(), get_storage(), get_settings())
+    if fired:
+        log.info("fired %d scheduled runs", len(fired))

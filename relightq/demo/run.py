@@ -8,9 +8,9 @@ the same service creates the jobs, the same Celery task and runner execute them.
 
 from __future__ import annotations
 
+import csv
 import os
 import time
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -78,18 +78,24 @@ def run_demo(out: str, console: Console) -> int:
 def _relight_catalog(out_dir: Path, console: Console, stack: ExitStack) -> int:
     from celery.contrib.testing.worker import start_worker
 
-    from relightq.db import session_scope
-    from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
-    from relightq.jobs.schemas import JobOptions
-    from relightq.jobs.service import create_job_with_upload
+    from relightq.batches.schemas import BatchSettings
+    from relightq.batches.service import (
+        batch_view,
+        create_batch,
+        csv_lines,
+        get_batch,
+        manifest_rows,
+    )
+    from relightq.batches.sources import csv_items
+    from relightq.db import get_sessionmaker, session_scope
     from relightq.migrate import upgrade
-    from relightq.segmind.params import EXTENSIONS
     from relightq.settings import get_settings
     from relightq.storage import get_storage
     from relightq.tenants.service import get_or_create_tenant
     from worker.tasks import app
 
     settings = get_settings()
+    storage = get_storage()
     upgrade(settings.database_url)
     stack.enter_context(
         start_worker(
@@ -97,21 +103,28 @@ def _relight_catalog(out_dir: Path, console: Console, stack: ExitStack) -> int:
             pool="threads",
             concurrency=4,
             perform_ping_check=False,
-            queues=["relight", "control"],
+            queues=["relight", "control", "webhooks"],
         )
     )
-    images = sorted(CATALOG_DIR.glob("*.png"))
-    started = time.monotonic()
-    job_ids: list[uuid.UUID] = []
     with session_scope() as session:
-        tenant = get_or_create_tenant(session, "demo")
+        tenant_id = get_or_create_tenant(session, "demo").id
+    # The catalog goes where a shop would put it, and a CSV lists it: the batch path.
+    catalog_csv = out_dir / "catalog.csv"
+    with catalog_csv.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["external_id", "subject_image", "prompt", "light_source"])
+        images = sorted(CATALOG_DIR.glob("*.png"))
         for path, (prompt, light) in zip(images, LOOKS * len(images), strict=False):
-            options = JobOptions(prompt=prompt, light_source=light, external_id=path.stem)
-            job = create_job_with_upload(
-                session, tenant.id, options, path.read_bytes(), get_storage()
-            )
-            job_ids.append(job.id)
-    console.print(f"Submitted {len(job_ids)} jobs from {CATALOG_DIR}")
+            key = f"inputs/{tenant_id}/catalog/{path.name}"
+            uri = storage.put(key, path.read_bytes(), "image/png")
+            writer.writerow([path.stem, uri, prompt, light])
+    started = time.monotonic()
+    with session_scope() as session, catalog_csv.open("rb") as handle:
+        spec = BatchSettings(name="demo catalog", key_template="{external_id}.{ext}")
+        batch_id = create_batch(
+            session, tenant_id, spec, "csv", csv_items(handle), storage, settings
+        ).id
+    console.print(f"Submitted a batch of {len(images)} items from {catalog_csv}")
 
     columns = (
         *Progress.get_default_columns()[:1],
@@ -120,43 +133,35 @@ def _relight_catalog(out_dir: Path, console: Console, stack: ExitStack) -> int:
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("relighting", total=len(job_ids))
+        bar = progress.add_task("relighting", total=len(images))
         while True:
             with session_scope() as session:
-                jobs = session.query(Job).filter(Job.id.in_(job_ids)).all()
-            done = sum(job.status in FINAL_STATUSES for job in jobs)
-            progress.update(bar, completed=done)
-            if done == len(job_ids) or time.monotonic() - started > TIMEOUT_SECONDS:
+                view = batch_view(session, get_batch(session, tenant_id, batch_id))
+            progress.update(bar, completed=round(view.progress * view.total))
+            if view.completed_at or time.monotonic() - started > TIMEOUT_SECONDS:
                 break
             time.sleep(0.2)
     elapsed = time.monotonic() - started
 
-    from sqlalchemy import select
-    from sqlalchemy.orm import selectinload
-
-    with session_scope() as session:
-        jobs = list(
-            session.scalars(
-                select(Job).where(Job.id.in_(job_ids)).options(selectinload(Job.outputs))
-            )
-        )
-    # Friendly copies named by SKU; the bucket keeps the deterministic per-job keys.
+    rows = list(manifest_rows(get_sessionmaker(), batch_id, storage, errors_only=False))
+    (out_dir / "results.csv").write_text("".join(csv_lines(rows)))
+    # Friendly copies named by SKU; the bucket keeps the batch's keys.
     results_dir = out_dir / "results"
     results_dir.mkdir(exist_ok=True)
-    table = Table("SKU", "light", "status", "result")
-    for job in sorted(jobs, key=lambda j: j.external_id or ""):
-        result = job.error_message or ""
-        if job.outputs:
-            output = job.outputs[0]
-            copy = results_dir / f"{job.external_id}.{EXTENSIONS[output.content_type]}"
-            copy.write_bytes(get_storage().get(output.uri))
+    table = Table("SKU", "status", "result")
+    for row in rows:
+        result = (row["error"] or {}).get("message") or ""
+        if row["outputs"]:
+            uri = row["outputs"][0]["s3_uri"]
+            copy = results_dir / f"{row['external_id']}{Path(uri).suffix}"
+            copy.write_bytes(storage.get(uri))
             result = str(copy)
-        table.add_row(job.external_id, job.params["light_source"], job.status, result)
+        table.add_row(row["external_id"], row["status"], result)
     console.print(table)
-    succeeded = sum(job.status == JobStatus.SUCCEEDED for job in jobs)
+    succeeded = sum(row["status"] == "succeeded" for row in rows)
     console.print(
-        f"[bold]{succeeded}/{len(jobs)} relit in {elapsed:.1f} s.[/bold] "
-        f"Results: {results_dir}/ (bucket: {out_dir / 'bucket'}, database: "
-        f"{out_dir / 'relightq.db'})"
+        f"[bold]{succeeded}/{len(rows)} relit in {elapsed:.1f} s.[/bold] "
+        f"Results: {results_dir}/, manifest: {out_dir / 'results.csv'} (bucket: "
+        f"{out_dir / 'bucket'}, database: {out_dir / 'relightq.db'})"
     )
-    return 0 if succeeded == len(jobs) else 1
+    return 0 if rows and succeeded == len(rows) else 1

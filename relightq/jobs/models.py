@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -43,7 +44,18 @@ FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CAN
 
 def parked_by_pause() -> ColumnElement[bool]:
     """Jobs waiting for the fleet to resume (no time of their own): the resume wakes them."""
-    return and_(Job.status == JobStatus.WAITING, Job.run_after.is_(None))
+    return and_(
+        Job.status == JobStatus.WAITING, Job.run_after.is_(None), Job.dispatched_at.is_not(None)
+    )
+
+
+def held_by_batch() -> ColumnElement[bool]:
+    """Batch items not yet handed to the broker: their batch releases them a window at a time."""
+    return and_(Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]), Job.dispatched_at.is_(None))
+
+
+# Sent to the broker and not final: what counts against a batch's window.
+IN_FLIGHT_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WAITING)
 
 
 class Job(Base):
@@ -54,11 +66,36 @@ class Job(Base):
         # The listing's order and cursor: newest first within a tenant.
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_batch_status", "batch_id", "status"),
+        # The batch's held items in submission order: what the dispatcher releases next.
+        Index(
+            "ix_jobs_batch_held",
+            "batch_id",
+            "batch_row",
+            postgresql_where=text("dispatched_at IS NULL"),
+        ),
+        # A batch's items in the broker or running: counted on every release.
+        Index(
+            "ix_jobs_batch_in_flight",
+            "batch_id",
+            postgresql_where=text(
+                "dispatched_at IS NOT NULL AND status IN ('queued', 'running', 'waiting')"
+            ),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(default=None, index=True)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), default=None
+    )
+    # The item's row in its batch's source (1-based line of a CSV/JSONL, index of a JSON item).
+    batch_row: Mapped[int | None] = mapped_column(Integer, default=None)
+    # When a wake-up was last handed to the broker; None while its batch still holds it.
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow)
+    # Where outputs go when not under relightq's own prefix: an s3:// URI with the
+    # placeholders {index} and {ext} left to fill in (other braces are doubled).
+    output_template: Mapped[str | None] = mapped_column(Text, default=None)
     status: Mapped[JobStatus] = mapped_column(String(16), default=JobStatus.QUEUED)
     params: Mapped[dict[str, Any]] = mapped_column(JSONType)
     # What the user gave: an http(s) URL, or an s3:// / file:// URI of stored bytes.

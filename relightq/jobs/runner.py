@@ -25,9 +25,19 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from relightq.batches.dispatch import BUDGET_SPENT, add_credits, batch_budget_spent, settle
 from relightq.db import session_scope, utcnow
-from relightq.jobs.models import Job, JobAttempt, JobOutput, JobStatus, UpstreamState
+from relightq.jobs.models import (
+    FINAL_STATUSES,
+    Job,
+    JobAttempt,
+    JobOutput,
+    JobStatus,
+    UpstreamState,
+)
 from relightq.jobs.service import output_key, publish_job
+from relightq.logs import bind, bound
+from relightq.metrics import observe_upstream
 from relightq.segmind.client import RelightResult, SegmindClient, SubjectUpload, sniff_image_type
 from relightq.segmind.errors import (
     SegmindError,
@@ -36,11 +46,12 @@ from relightq.segmind.errors import (
     SegmindRejected,
     SegmindUnauthorized,
 )
-from relightq.segmind.params import RelightParams
+from relightq.segmind.params import EXTENSIONS, RelightParams
 from relightq.settings import Settings
 from relightq.storage import Storage, StorageError
 from relightq.throttle.fleet import Admission, Fleet
 from relightq.throttle.service import CREDIT_RESERVE, pause_fleet
+from relightq.webhooks.events import emit_job_final
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +79,8 @@ class Claim:
     priority: int
     params: dict[str, Any]
     subject_image: str
+    batch_id: uuid.UUID | None = None
+    output_template: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,12 +130,28 @@ def claim(session: Session, job_id: uuid.UUID, lease_seconds: int) -> Claim | No
             run_after=None,
             waiting_reason=None,
         )
-        .returning(Job.tenant_id, Job.attempts, Job.priority, Job.params, Job.subject_image)
+        .returning(
+            Job.tenant_id,
+            Job.attempts,
+            Job.priority,
+            Job.params,
+            Job.subject_image,
+            Job.batch_id,
+            Job.output_template,
+        )
     ).one_or_none()
     if row is None:
         return None
     return Claim(
-        job_id, row.tenant_id, token, row.attempts, row.priority, row.params, row.subject_image
+        job_id,
+        row.tenant_id,
+        token,
+        row.attempts,
+        row.priority,
+        row.params,
+        row.subject_image,
+        row.batch_id,
+        row.output_template,
     )
 
 
@@ -170,6 +199,11 @@ def pause_reason(fleet: Fleet) -> str | None:
 
 def run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     """Run one job to its next state. Safe to call any number of times for the same id."""
+    with bound(job_id=job_id):
+        _run_job(job_id, deps)
+
+
+def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     reason = pause_reason(deps.fleet)
     if reason:
         # Parked once, not re-queued: a paused fleet must not spin messages.
@@ -181,7 +215,22 @@ def run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     if claim_ is None:
         log.info("job %s is not claimable (final, not due, leased, or missing); skipping", job_id)
         return
+    bind(tenant_id=claim_.tenant_id, batch_id=claim_.batch_id)
     log.info("job %s claimed, attempt %d", job_id, claim_.attempts)
+    if claim_.batch_id is not None:
+        with session_scope() as session:
+            spent = batch_budget_spent(session, claim_.batch_id)
+        if spent:
+            # Back to its batch, which releases nothing more until the budget is raised.
+            _finish(
+                claim_,
+                None,
+                status=JobStatus.WAITING,
+                refund=True,
+                waiting_reason=BUDGET_SPENT,
+                return_to_batch=True,
+            )
+            return
     try:
         subject = _load_subject(claim_, deps.storage)
     except (StorageError, ValueError) as exc:
@@ -201,15 +250,18 @@ def run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
         _not_admitted(claim_, admission, deps)
         return
     started = utcnow()
+    clock = time.monotonic()
     try:
         result = deps.client.relight(params, subject)
     except SegmindError as exc:
+        observe_upstream(time.monotonic() - clock, exc.status, exc.code)
         _handle_upstream_error(claim_, CallRecord(started, exc.status, exc), deps)
         return
     finally:
         # Whatever happens, including an unexpected error: a slot this process keeps
         # would be renewed by its heartbeat forever and shrink the fleet's cap.
         deps.fleet.release(slot)
+    observe_upstream(time.monotonic() - clock, 200, None)
     _succeed(claim_, result, deps, CallRecord(started, 200))
 
 
@@ -303,6 +355,14 @@ def _handle_upstream_error(claim_: Claim, call: CallRecord, deps: RunnerDeps) ->
         )
 
 
+def output_uri(claim_: Claim, index: int, content_type: str, bucket: str) -> str:
+    """Where the ``index``-th image goes: the batch's key template, else relightq's own key."""
+    extension = EXTENSIONS.get(content_type, "bin")
+    if claim_.output_template:
+        return claim_.output_template.format(index=index, ext=extension)
+    return f"s3://{bucket}/{output_key(claim_.tenant_id, claim_.job_id, index, content_type)}"
+
+
 def _attempt_row(claim_: Claim, call: CallRecord, *, outcome: str, counted: bool) -> JobAttempt:
     return JobAttempt(
         job_id=claim_.job_id,
@@ -328,9 +388,12 @@ def _finish(
     message: str | None = None,
     waiting_reason: str | None = None,
     publish_after: float | None = None,
+    return_to_batch: bool = False,
 ) -> None:
     """Record any outcome but success; ``publish_after`` schedules the next run."""
     values: dict[str, Any] = {"status": status, "waiting_reason": waiting_reason}
+    if return_to_batch:
+        values["dispatched_at"] = None
     if refund:
         values["attempts"] = Job.attempts - 1
     if status == JobStatus.FAILED:
@@ -344,6 +407,10 @@ def _finish(
             session.add(_attempt_row(claim_, call, outcome=outcome, counted=not refund))
         if done.rowcount and publish_after is not None:  # type: ignore[attr-defined]
             publish_job(session, claim_.job_id, claim_.priority, countdown=publish_after)
+        if done.rowcount and status == JobStatus.FAILED:  # type: ignore[attr-defined]
+            emit_job_final(session, claim_.job_id)
+        if done.rowcount and claim_.batch_id and status in FINAL_STATUSES:  # type: ignore[attr-defined]
+            settle(session, claim_.batch_id)
     log.info("job %s -> %s %s", claim_.job_id, status.value, code or waiting_reason or "")
 
 
@@ -352,8 +419,8 @@ def _succeed(claim_: Claim, result: RelightResult, deps: RunnerDeps, call: CallR
     # job to be reclaimed, and the rerun overwrites the same keys instead of adding more.
     outputs = []
     for index, image in enumerate(result.images):
-        key = output_key(claim_.tenant_id, claim_.job_id, index, image.content_type)
-        uri = deps.storage.put(key, image.data, image.content_type)
+        uri = output_uri(claim_, index, image.content_type, deps.storage.bucket)
+        deps.storage.put_uri(uri, image.data, image.content_type)
         outputs.append(
             JobOutput(
                 job_id=claim_.job_id,
@@ -405,8 +472,13 @@ def _record_success(
             return
         session.query(JobOutput).filter(JobOutput.job_id == claim_.job_id).delete()
         session.add_all(outputs)
+        session.flush()
+        emit_job_final(session, claim_.job_id)
         if remaining is not None:
             record_credits(session, remaining, now)
+        if claim_.batch_id is not None:
+            add_credits(session, claim_.batch_id, credits)
+            settle(session, claim_.batch_id)
     log.info("job %s succeeded with %d image(s)", claim_.job_id, len(outputs))
 
 

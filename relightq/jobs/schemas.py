@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, Field, field_validator
 
 from relightq.jobs.models import JobStatus
+from relightq.netguard import BlockedAddress, check_url
 from relightq.segmind.params import ALLOWED as PARAM_ALLOWED
 from relightq.segmind.params import RelightParams
 
@@ -20,7 +21,7 @@ ALLOWED: dict[str, str] = {
     **PARAM_ALLOWED,
     "external_id": "text up to 256 characters, e.g. the SKU",
     "metadata": f"a JSON object up to {MAX_METADATA_BYTES // 1024} KiB",
-    "callback_url": "an http(s) URL",
+    "callback_url": "an http(s) URL on a public address",
     "priority": "an integer from 0 (lowest) to 9 (highest)",
     "job_id": "a job id (UUID)",
     "batch_id": "a batch id (UUID)",
@@ -35,6 +36,16 @@ def check_http_url(value: str) -> str:
     parsed = urlparse(value)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+def check_callback_url(value: str) -> str:
+    """An http(s) URL relightq may call (not private, loopback or link-local)."""
+    check_http_url(value)
+    try:
+        check_url(value, cached=True)
+    except BlockedAddress as exc:
+        raise ValueError(str(exc)) from exc
     return value
 
 
@@ -56,7 +67,7 @@ class JobOptions(RelightParams):
     @field_validator("callback_url")
     @classmethod
     def _callback_is_http(cls, value: str | None) -> str | None:
-        return None if value is None else check_http_url(value)
+        return None if value is None else check_callback_url(value)
 
     def relight_params(self) -> RelightParams:
         """The upstream fields alone."""

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import uuid
 from datetime import datetime
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from relightq.broker import Queue, TaskName, enqueue_after_commit
-from relightq.errors import FieldProblem, InvalidInput, NotFound
-from relightq.jobs.models import Job, JobStatus
+from relightq.db import utcnow
+from relightq.errors import FieldProblem, InvalidInput, NotFound, RelightqError
+from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
 from relightq.jobs.schemas import (
     ALLOWED,
     AttemptOut,
@@ -24,6 +24,7 @@ from relightq.jobs.schemas import (
     JobOut,
     OutputOut,
 )
+from relightq.pagination import newest_first, page
 from relightq.segmind.params import EXTENSIONS
 from relightq.storage import Storage, parse_s3_uri
 
@@ -71,22 +72,27 @@ def _new_job(tenant_id: uuid.UUID, options: JobOptions, subject: str, job_id: uu
     )
 
 
+def foreign_subject_problem(tenant_id: uuid.UUID, subject: str, bucket: str) -> FieldProblem | None:
+    """Why ``subject`` may not be used by this tenant, or None."""
+    if not subject.startswith("s3://"):
+        return None
+    subject_bucket, key = parse_s3_uri(subject)
+    # relightq's bucket holds every tenant's images: only your own area is yours.
+    mine = (f"inputs/{tenant_id}/", f"outputs/{tenant_id}/")
+    if subject_bucket == bucket and not key.startswith(mine):
+        return FieldProblem(
+            "subject_image",
+            "points into relightq's bucket outside your own inputs and outputs",
+            ALLOWED["subject_image"],
+        )
+    return None
+
+
 def create_job(session: Session, tenant_id: uuid.UUID, request: JobCreate, bucket: str) -> Job:
     """Store a job whose subject is a URL or an s3:// URI, and wake a worker after commit."""
-    if request.subject_image.startswith("s3://"):
-        own_bucket, key = parse_s3_uri(request.subject_image)
-        # relightq's bucket holds every tenant's images: only your own area is yours.
-        mine = (f"inputs/{tenant_id}/", f"outputs/{tenant_id}/")
-        if own_bucket == bucket and not key.startswith(mine):
-            raise InvalidInput(
-                [
-                    FieldProblem(
-                        "subject_image",
-                        "points into relightq's bucket outside your own inputs and outputs",
-                        ALLOWED["subject_image"],
-                    )
-                ]
-            )
+    problem = foreign_subject_problem(tenant_id, request.subject_image, bucket)
+    if problem:
+        raise InvalidInput([problem])
     job = _new_job(tenant_id, request, request.subject_image, uuid.uuid4())
     session.add(job)
     session.flush()
@@ -144,23 +150,6 @@ def get_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
     return job
 
 
-def encode_cursor(job: Job) -> str:
-    """An opaque position after ``job`` in newest-first order."""
-    raw = json.dumps([job.created_at.isoformat(), str(job.id)])
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The position a cursor names, or InvalidInput."""
-    try:
-        created, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(
-            [FieldProblem("cursor", "is not a cursor this API gave out", "a next_cursor value")]
-        ) from exc
-
-
 def list_jobs(
     session: Session,
     tenant_id: uuid.UUID,
@@ -170,19 +159,12 @@ def list_jobs(
     limit: int = 50,
 ) -> tuple[list[Job], str | None]:
     """A page of a tenant's jobs, newest first, keyset-paginated (stable under inserts)."""
-    query = _owned(tenant_id).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    query = newest_first(_owned(tenant_id), Job, cursor, limit)
     if status is not None:
         query = query.where(Job.status == status)
     if batch_id is not None:
         query = query.where(Job.batch_id == batch_id)
-    if cursor:
-        created, job_id = decode_cursor(cursor)
-        query = query.where(
-            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id))
-        )
-    jobs = list(session.scalars(query))
-    next_cursor = encode_cursor(jobs[limit - 1]) if len(jobs) > limit else None
-    return jobs[:limit], next_cursor
+    return page(list(session.scalars(query)), limit)
 
 
 def job_view(job: Job, storage: Storage) -> JobOut:
@@ -221,3 +203,90 @@ def job_view(job: Job, storage: Storage) -> JobOut:
         callback_url=job.callback_url,
         priority=job.priority,
     )
+
+
+def cancelled_values(now: datetime) -> dict[str, Any]:
+    """What cancelling a job that has not started sets (one job or a whole batch)."""
+    return {
+        "status": JobStatus.CANCELLED,
+        "waiting_reason": None,
+        "run_after": None,
+        "finished_at": now,
+        "updated_at": now,
+    }
+
+
+def rerun_values(now: datetime, *, in_batch: bool) -> dict[str, Any]:
+    """What sending a failed or cancelled job round again sets: fresh attempts, no error.
+
+    A batch item goes back to its batch (held), which releases it within its window.
+    """
+    return {
+        "status": JobStatus.QUEUED,
+        "attempts": 0,
+        "error_code": None,
+        "error_message": None,
+        "waiting_reason": None,
+        "run_after": None,
+        "finished_at": None,
+        "dispatched_at": None if in_batch else now,
+        "updated_at": now,
+    }
+
+
+def cancel_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """Cancel a job that has not started; a running one is a 409, a final one stays as is."""
+    job = get_job(session, tenant_id, job_id)
+    if job.status == JobStatus.RUNNING:
+        raise RelightqError(
+            "the job is running; it will finish, and cannot be cancelled now", 409, "job_running"
+        )
+    if job.status in FINAL_STATUSES:
+        if job.status == JobStatus.CANCELLED:
+            return job
+        raise RelightqError(f"the job already {job.status}", 409, "job_final")
+    now = utcnow()
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]))
+        .values(cancelled_values(now))
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        raise RelightqError("the job started meanwhile; it will finish", 409, "job_running")
+    if job.batch_id is not None:
+        from relightq.batches.dispatch import settle  # the batch module builds on this one
+
+        settle(session, job.batch_id)
+    session.refresh(job)
+    return job
+
+
+def retry_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """Run a failed or cancelled job again with fresh attempts."""
+    job = get_job(session, tenant_id, job_id)
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise RelightqError(
+            f"only failed or cancelled jobs can be retried; this one is {job.status}",
+            409,
+            "job_not_retryable",
+        )
+    in_batch = job.batch_id is not None
+    if job.batch_id is not None:
+        from relightq.batches.dispatch import batch_cancelled, reopen  # builds on this module
+
+        if batch_cancelled(session, job.batch_id):
+            raise RelightqError(
+                "the job's batch was cancelled; submit it again", 409, "batch_cancelled"
+            )
+    now = utcnow()
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED]))
+        .values(rerun_values(now, in_batch=in_batch))
+    )
+    if job.batch_id is not None:
+        reopen(session, job.batch_id)
+    else:
+        publish_job(session, job.id, job.priority)
+    session.refresh(job)
+    return job

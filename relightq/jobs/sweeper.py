@@ -14,10 +14,14 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from relightq.batches.dispatch import settle_open_batches
 from relightq.db import utcnow
+from relightq.idempotency.service import forget_expired_keys
 from relightq.jobs.models import Job, JobStatus, parked_by_pause
 from relightq.jobs.service import publish_job
 from relightq.settings import Settings
+from relightq.webhooks.delivery import due_deliveries
+from relightq.webhooks.events import publish_delivery
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +59,22 @@ def sweep(
         stale = now - timedelta(seconds=settings.sweep_grace_seconds)
         due = or_(Job.run_after.is_(None), Job.run_after < stale)
         query = select(Job.id, Job.priority).where(
-            Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]), Job.updated_at < stale, due
+            Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]),
+            Job.dispatched_at.is_not(None),  # held batch items have no message to lose
+            Job.updated_at < stale,
+            due,
         )
         if fleet_paused:  # parked jobs wait for the resume, which wakes them itself
             query = query.where(~parked_by_pause())
         lost = list(session.execute(query.limit(MAX_PER_SWEEP)).all())
         for job_id, priority in lost:
             publish_job(session, job_id, priority)
+    # A release lost with its transaction, or a completion nobody noticed, is redone here.
+    settle_open_batches(session)
+    # Webhook retries due in hours ride no broker countdown: they are sent from here.
+    for delivery_id in due_deliveries(session, settings):
+        publish_delivery(session, delivery_id)
+    forget_expired_keys(session)
     if expired or lost:
         log.warning(
             "sweep re-published %d expired leases, %d lost wake-ups", len(expired), len(lost)

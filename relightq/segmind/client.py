@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from relightq.netguard import BlockedAddress, GuardedTransport
 from relightq.segmind.errors import (
     SegmindError,
     SegmindOutOfCredits,
@@ -102,6 +103,8 @@ class SegmindClient:
         http: httpx.Client | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        self._host = httpx.URL(self._base_url).host
+        self._download_client: httpx.Client | None = None
         self._api_key = api_key
         # Connect fails fast; the read timeout covers a ~30 s generation with room to spare.
         self._http = http or httpx.Client(
@@ -109,9 +112,23 @@ class SegmindClient:
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
 
+    def _downloads(self) -> httpx.Client:
+        # Output URLs come from the upstream's answer: every hop is resolved and checked
+        # (no private, loopback or link-local targets), except the upstream's own host.
+        if self._download_client is None:
+            self._download_client = httpx.Client(
+                transport=GuardedTransport(trusted_hosts=frozenset({self._host})),
+                follow_redirects=True,
+                max_redirects=5,
+                timeout=httpx.Timeout(60.0, connect=10.0),
+            )
+        return self._download_client
+
     def close(self) -> None:
         """Release pooled connections."""
         self._http.close()
+        if self._download_client is not None:
+            self._download_client.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"x-api-key": self._api_key}
@@ -171,7 +188,10 @@ class SegmindClient:
             raise SegmindUnavailable("Segmind answered an image entry that is not a string")
         if item.startswith(("http://", "https://")):
             try:
-                fetched = self._http.get(item)
+                fetched = self._downloads().get(item)
+            except BlockedAddress as exc:
+                # Not transient, and a retry would pay for the images again.
+                raise SegmindRejected(f"an output URL is not allowed: {exc}") from exc
             except httpx.HTTPError as exc:
                 raise SegmindUnavailable(
                     f"could not download an output ({type(exc).__name__})"

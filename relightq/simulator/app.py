@@ -23,10 +23,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from relightq.segmind.params import ALLOWED, CONTENT_TYPES, RelightParams
+from relightq.segmind.params import CONTENT_TYPES
+from relightq.segmind.wire import Reject, parse_request
 from relightq.simulator.imaging import CAPTION, SubjectImageError, decode_subject, render_all
 from relightq.simulator.state import ConfigUpdate, SimulatorState
 
@@ -55,18 +55,6 @@ FAULT_429_RESET_SECONDS = 2.0
 CREDIT_EPSILON = 1e-9  # float dust from repeated subtraction must not cause a false 406
 
 
-class Reject(Exception):
-    """An early error answer; the handler turns it into `{"error": message}`."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-    def response(self) -> JSONResponse:
-        """The JSON error response for this rejection."""
-        return JSONResponse({"error": self.message}, self.status, headers=self.headers)
-
-
 def _utc_iso(epoch: float) -> str:
     # Whole seconds, rounded up so a client waiting until then is never early.
     moment = dt.datetime.fromtimestamp(math.ceil(epoch), dt.UTC)
@@ -78,77 +66,12 @@ def _credits_text(value: float) -> str:
     return "0" if text in ("-0", "") else text
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _check_key(request: Request, state: SimulatorState) -> None:
     key = request.headers.get("x-api-key", "").strip()
     if not key:
         raise Reject(401, "Missing x-api-key header")
     if state.valid_keys is not None and key not in state.valid_keys:
         raise Reject(401, "Invalid API key")
-
-
-def _describe(exc: ValidationError) -> list[str]:
-    problems: dict[str, str] = {}
-    for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "body"
-        if field in problems:
-            continue  # one message per field is enough
-        allowed = ALLOWED.get(field, "")
-        if err["type"] == "extra_forbidden":
-            problems[field] = f"{field} is not a known field"
-        elif err["type"] == "missing":
-            problems[field] = f"{field} is required: {allowed}"
-        else:
-            problems[field] = f"{field} must be {allowed} (got {_short(err.get('input'))})"
-    return list(problems.values())
-
-
-async def _parse(request: Request) -> tuple[RelightParams, str | bytes]:
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    fields: dict[str, Any] = {}
-    if media == "application/json":
-        try:
-            body = await request.json()
-        except ValueError as exc:
-            raise Reject(422, f"Invalid JSON body: {exc}") from exc
-        if not isinstance(body, dict):
-            raise Reject(422, "JSON body must be an object")
-        fields = dict(body)
-    elif media == "multipart/form-data":
-        try:
-            async with request.form() as form:
-                for key, value in form.multi_items():
-                    fields[key] = await value.read() if isinstance(value, UploadFile) else value
-        except Exception as exc:  # malformed multipart surfaces as several Starlette types
-            raise Reject(422, f"Invalid multipart body: {exc}") from exc
-    else:
-        shown = media or "(none)"
-        raise Reject(
-            406, f"Invalid content type {shown}: use application/json or multipart/form-data"
-        )
-
-    subject = fields.pop("subject_image", None)
-    problems: list[str] = []
-    params: RelightParams | None = None
-    try:
-        params = RelightParams.model_validate(fields)
-    except ValidationError as exc:
-        problems = _describe(exc)
-    if subject is None or subject in ("", b""):
-        problems.append("subject_image is required: an http(s) URL or an uploaded image file")
-    elif isinstance(subject, str) and not subject.startswith(("http://", "https://")):
-        problems.append(
-            f"subject_image must be an http(s) URL or a file upload (got {_short(subject)})"
-        )
-    elif not isinstance(subject, str | bytes):
-        problems.append("subject_image must be an http(s) URL or a file upload")
-    if problems or params is None:
-        raise Reject(422, "Invalid parameters: " + "; ".join(problems))
-    return params, subject
 
 
 async def _fetch(request: Request, url: str) -> bytes:
@@ -203,7 +126,7 @@ async def _relight(request: Request, state: SimulatorState) -> tuple[Response, i
         headers = {"x-rate-limit-reset-at-utc": _utc_iso(free_at)}
         raise Reject(429, "Rate limit exceeded", headers)
     await _inject_faults(request, state)
-    params, subject = await _parse(request)
+    params, subject = await parse_request(request)
 
     cost = state.cost_per_image * params.number_of_images
     if state.credits + CREDIT_EPSILON < cost:

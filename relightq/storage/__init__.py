@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -9,7 +12,7 @@ from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from relightq.settings import Settings, get_settings
 
@@ -18,11 +21,35 @@ class StorageError(Exception):
     """A stored object could not be read or written."""
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """One object found under a prefix."""
+
+    uri: str
+    key: str
+    etag: str
+    size: int
+
+
 class Storage(Protocol):
     """What jobs need from a store of image bytes."""
 
+    bucket: str
+
     def put(self, key: str, data: bytes, content_type: str) -> str:
         """Write ``data`` at ``key`` (overwriting: keys are deterministic) and return its URI."""
+        ...
+
+    def put_uri(self, uri: str, data: bytes, content_type: str) -> str:
+        """Write ``data`` at an ``s3://bucket/key`` URI, possibly in a customer's bucket."""
+        ...
+
+    def list_objects(self, prefix_uri: str) -> Iterator[StoredObject]:
+        """Every object under ``s3://bucket/prefix``, recursively, in key order."""
+        ...
+
+    def check_bucket(self, bucket: str) -> None:
+        """Raise StorageError unless ``bucket`` exists and relightq can reach it."""
         ...
 
     def get(self, uri: str) -> bytes:
@@ -38,6 +65,14 @@ class Storage(Protocol):
         ...
 
 
+def parse_s3_prefix(uri: str) -> tuple[str, str]:
+    """``s3://bucket/prefix/`` as (bucket, prefix); the prefix may be empty."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError("expected s3://bucket/prefix/")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/key`` as (bucket, key); raises ValueError when it is not one."""
     parsed = urlparse(uri)
@@ -45,6 +80,24 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if parsed.scheme != "s3" or not parsed.netloc or not key:
         raise ValueError("expected s3://bucket/key")
     return parsed.netloc, key
+
+
+@contextmanager
+def _storage_errors(where: str, *, unreachable: bool = False) -> Iterator[None]:
+    """S3's refusals as StorageError naming ``where`` and S3's code.
+
+    With ``unreachable``, transport failures (no endpoint, bad configuration) too; without,
+    they propagate, so a job reading or writing its images is retried, not failed.
+    """
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise StorageError(f"{where}: {code}") from exc
+    except BotoCoreError as exc:
+        if not unreachable:
+            raise
+        raise StorageError(f"{where}: {type(exc).__name__}") from exc
 
 
 class S3Storage:
@@ -85,18 +138,40 @@ class S3Storage:
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         """Write ``data`` at ``key`` in relightq's bucket."""
-        self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
-        return f"s3://{self.bucket}/{key}"
+        return self.put_uri(f"s3://{self.bucket}/{key}", data, content_type)
+
+    def put_uri(self, uri: str, data: bytes, content_type: str) -> str:
+        """Write ``data`` at any ``s3://`` URI relightq's credentials may write."""
+        bucket, key = parse_s3_uri(uri)
+        with _storage_errors(uri):
+            self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+        return uri
+
+    def list_objects(self, prefix_uri: str) -> Iterator[StoredObject]:
+        """Page through ListObjectsV2: S3 hands out 1000 keys a page, in key order."""
+        bucket, prefix = parse_s3_prefix(prefix_uri)
+        paginator = self._client.get_paginator("list_objects_v2")
+        with _storage_errors(prefix_uri, unreachable=True):
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield StoredObject(
+                        f"s3://{bucket}/{item['Key']}",
+                        item["Key"],
+                        item.get("ETag", "").strip('"'),
+                        int(item.get("Size", 0)),
+                    )
+
+    def check_bucket(self, bucket: str) -> None:
+        """HEAD the bucket: missing, forbidden and unreachable all raise StorageError."""
+        with _storage_errors(f"s3://{bucket}", unreachable=True):
+            self._client.head_bucket(Bucket=bucket)
 
     def get(self, uri: str) -> bytes:
         """Read any ``s3://`` object relightq's credentials can reach."""
         bucket, key = parse_s3_uri(uri)
-        try:
+        # Missing bucket or key, or no permission: nothing a retry would change.
+        with _storage_errors(uri):
             body: bytes = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            # Missing bucket or key, or no permission: nothing a retry would change.
-            code = exc.response.get("Error", {}).get("Code", "error")
-            raise StorageError(f"{uri}: {code}") from exc
         return body
 
     def url(self, uri: str) -> str:
@@ -114,26 +189,35 @@ class S3Storage:
 
 
 class LocalStorage:
-    """A folder standing in for the bucket (the demo: no server at all)."""
+    """A folder standing in for relightq's bucket (the demo: no server at all).
 
-    def __init__(self, root: str | Path) -> None:
+    It speaks the same ``s3://<bucket>/<key>`` URIs as S3Storage, so jobs, batches and
+    their manifests look the same in the demo as in production.
+    """
+
+    def __init__(self, root: str | Path, bucket: str) -> None:
         self.root = Path(root).resolve()
+        self.bucket = bucket
 
     def _path(self, uri: str) -> Path:
-        parsed = urlparse(uri)
-        path = Path(parsed.path).resolve()
-        if parsed.scheme != "file" or not path.is_relative_to(self.root):
-            raise StorageError(f"{uri} is not inside {self.root}")
+        bucket, key = parse_s3_uri(uri)
+        path = (self.root / key).resolve()
+        if bucket != self.bucket or not path.is_relative_to(self.root):
+            raise StorageError(f"{uri} is not in the demo's bucket s3://{self.bucket}")
         return path
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         """Write ``data`` under the root folder."""
-        path = (self.root / key).resolve()
+        return self.put_uri(f"s3://{self.bucket}/{key}", data, content_type)
+
+    def put_uri(self, uri: str, data: bytes, content_type: str) -> str:
+        """Write ``data`` to the file standing for ``uri``."""
+        path = self._path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_bytes(data)
         tmp.replace(path)  # atomic: a reader never sees half an image
-        return path.as_uri()
+        return uri
 
     def get(self, uri: str) -> bytes:
         """Read a file written by put."""
@@ -142,9 +226,31 @@ class LocalStorage:
         except FileNotFoundError as exc:
             raise StorageError(f"{uri} does not exist") from exc
 
+    def list_objects(self, prefix_uri: str) -> Iterator[StoredObject]:
+        """Files under the prefix, in key order; the ETag is the MD5 of the bytes, as S3's."""
+        import hashlib
+
+        bucket, prefix = parse_s3_prefix(prefix_uri)
+        self.check_bucket(bucket)
+        keys = sorted(
+            str(path.relative_to(self.root))
+            for path in self.root.rglob("*")
+            if path.is_file() and not path.name.endswith(".tmp")
+        )
+        for key in keys:
+            if key.startswith(prefix):
+                path = self.root / key
+                etag = hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+                yield StoredObject(f"s3://{bucket}/{key}", key, etag, path.stat().st_size)
+
+    def check_bucket(self, bucket: str) -> None:
+        """Only the demo's own bucket exists."""
+        if bucket != self.bucket:
+            raise StorageError(f"s3://{bucket}: NoSuchBucket")
+
     def url(self, uri: str) -> str:
-        """The file:// URI itself."""
-        return uri
+        """The file's own file:// URI: the demo has nothing to presign."""
+        return self._path(uri).as_uri()
 
     def delete(self, uri: str) -> None:
         """Remove a file."""
@@ -154,7 +260,7 @@ class LocalStorage:
 def make_storage(settings: Settings) -> Storage:
     """The store the settings describe."""
     if settings.local_storage_dir:
-        return LocalStorage(settings.local_storage_dir)
+        return LocalStorage(settings.local_storage_dir, settings.s3_bucket)
     return S3Storage(settings)
 
 

@@ -140,7 +140,8 @@ class RedisFleet:
         heartbeat_seconds: float = 1.0,
         prefix: str = "relightq:throttle",
     ) -> None:
-        self._redis = client
+        # Any: redis-py's sync/async union return types differ between 7.x and 8.x stubs.
+        self._redis: Any = client
         self.max_concurrent = max_concurrent
         self.max_per_minute = max_per_minute
         self._slot_ttl_ms = int(slot_ttl_seconds * 1000)

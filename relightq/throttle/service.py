@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import redis
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from relightq.broker import Queue, TaskName, get_celery
@@ -24,6 +26,8 @@ from relightq.segmind.client import SegmindClient
 from relightq.segmind.errors import SegmindError, SegmindUnauthorized
 from relightq.settings import Settings, get_settings
 from relightq.throttle.fleet import Fleet, LocalFleet, RedisFleet
+from relightq.webhooks.events import emit_fleet_event
+from relightq.webhooks.models import EventType
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +58,18 @@ def pause_fleet(fleet: Fleet, code: str, reason: str, *, manual: bool = False) -
     paused = fleet.pause(code, reason, manual=manual)
     if paused:
         log.warning("fleet paused (%s): %s", code, reason)
+        _announce(EventType.THROTTLE_PAUSED, {"code": code, "reason": reason, "manual": manual})
     if not manual:
         schedule_probe(fleet, get_settings())
     return paused
+
+
+def _announce(event_type: EventType, data: dict[str, Any]) -> None:
+    # The pause itself must hold even if PostgreSQL is down; the event is best effort.
+    try:
+        emit_fleet_event(event_type, {"state": event_type.value.split(".")[1], **data})
+    except SQLAlchemyError:
+        log.exception("could not record the %s webhook event", event_type.value)
 
 
 def resume_fleet(fleet: Fleet, *, manual: bool = False) -> bool:
@@ -64,6 +77,7 @@ def resume_fleet(fleet: Fleet, *, manual: bool = False) -> bool:
     resumed = fleet.resume(manual=manual)
     if resumed:
         log.warning("fleet resumed%s", " by an operator" if manual else "")
+        _announce(EventType.THROTTLE_RESUMED, {"manual": manual})
         get_celery().send_task(TaskName.THROTTLE_WAKE.value, queue=Queue.CONTROL.value)
     return resumed
 

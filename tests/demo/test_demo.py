@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -28,6 +29,12 @@ def test_demo_relights_the_sample_catalog_with_nothing_but_python(tmp_path: Path
     skus = sorted(p.stem for p in CATALOG_DIR.glob("*.png"))
     results = sorted((tmp_path / "relightq-demo" / "results").glob("*.webp"))
     assert [p.stem for p in results] == skus and len(skus) >= 5
+    # The demo goes through the batch path: its manifest lists every SKU as succeeded.
+    with (tmp_path / "relightq-demo" / "results.csv").open() as handle:
+        manifest = list(csv.DictReader(handle))
+    assert sorted((r["external_id"], r["status"]) for r in manifest) == [
+        (sku, "succeeded") for sku in skus
+    ]
     for path in results:
         with Image.open(path) as image:
             assert (image.format, image.size) == ("WEBP", (768, 960))

@@ -78,21 +78,26 @@ def test_final_and_missing_jobs_are_not_claimed(tenant: TenantKey) -> None:
 class MemoryStorage:
     """A fake store for the pure bookkeeping below (real S3 is covered end to end)."""
 
+    bucket = "memory"
+
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
-        self.objects[key] = data
-        return f"mem://{key}"
+        return self.put_uri(f"s3://{self.bucket}/{key}", data, content_type)
+
+    def put_uri(self, uri: str, data: bytes, content_type: str) -> str:
+        self.objects[uri.removeprefix(f"s3://{self.bucket}/")] = data
+        return uri
 
     def get(self, uri: str) -> bytes:
-        return self.objects[uri.removeprefix("mem://")]
+        return self.objects[uri.removeprefix(f"s3://{self.bucket}/")]
 
     def url(self, uri: str) -> str:
         return uri
 
     def delete(self, uri: str) -> None:
-        self.objects.pop(uri.removeprefix("mem://"), None)
+        self.objects.pop(uri.removeprefix(f"s3://{self.bucket}/"), None)
 
 
 def test_a_worker_that_lost_its_lease_cannot_record_an_outcome(tenant: TenantKey) -> None:

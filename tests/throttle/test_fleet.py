@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -138,7 +139,7 @@ def test_no_call_is_admitted_after_a_pause_is_recorded(prefix: str) -> None:
     stop.set()
     for thread in threads:
         thread.join()
-    client = redis.Redis.from_url(URL)
+    client: Any = redis.Redis.from_url(URL)
     paused_at_ms = float(client.hget(f"{prefix}:state", "paused_at") or 0)
     admitted: list[tuple[bytes, float]] = client.zrange(  # type: ignore[assignment]
         f"{prefix}:window", 0, -1, withscores=True
@@ -149,7 +150,7 @@ def test_no_call_is_admitted_after_a_pause_is_recorded(prefix: str) -> None:
 
 def _hold_slots(prefix: str, rounds: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     fleet = make_fleet(prefix, concurrent=3)
-    client = redis.Redis.from_url(URL)
+    client: Any = redis.Redis.from_url(URL)
     peak = 0
     for i in range(rounds):
         token = f"{os.getpid()}-{i}"

@@ -7,14 +7,23 @@ from worker.tasks import app
 
 def test_registered_task_names_are_stable() -> None:
     ours = {name for name in app.tasks if not name.startswith("celery.")}
-    assert ours == {"relight.run", "relight.sweep", "throttle.probe", "throttle.wake"}
+    assert ours == {
+        "relight.run",
+        "relight.sweep",
+        "throttle.probe",
+        "throttle.wake",
+        "webhooks.deliver",
+        "schedules.tick",
+    }
 
 
 def test_control_tasks_have_their_own_queue_so_a_backlog_cannot_delay_them() -> None:
     routes = app.conf.task_routes
-    for name in ("relight.sweep", "throttle.probe", "throttle.wake"):
+    for name in ("relight.sweep", "throttle.probe", "throttle.wake", "schedules.tick"):
         assert routes[name] == {"queue": "control"}
     assert app.conf.beat_schedule["sweep"]["task"] == "relight.sweep"
+    # Deliveries wait on customers' servers: they must not hold up relighting.
+    assert routes["webhooks.deliver"] == {"queue": "webhooks"}
 
 
 def test_delivery_settings_never_lose_a_job() -> None:
