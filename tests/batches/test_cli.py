@@ -217,6 +217,9 @@ def test_ctrl_c_stops_watching_not_the_batch_and_cancel_stops_it(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell's background job starts with SIGINT ignored, and Python then never turns
+        # it into KeyboardInterrupt: give the watcher the default, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert watcher.stdout is not None
     first = watcher.stdout.readline()
