@@ -49,6 +49,7 @@ import redis  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 from relightq.db import session_scope  # noqa: E402
+from relightq.logs import unconfigure  # noqa: E402
 from relightq.migrate import upgrade  # noqa: E402
 from relightq.serving import free_port, serve_in_thread  # noqa: E402
 from relightq.settings import get_settings  # noqa: E402
@@ -56,6 +57,14 @@ from relightq.storage import S3Storage  # noqa: E402
 from relightq.tenants.service import create_key, get_or_create_tenant  # noqa: E402
 from tests.support.caches import reset_caches  # noqa: E402
 from tests.support.receiver import Receiver, receiver  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_by_cli() -> Iterator[None]:
+    """A CLI command run in-process points the root logger at the runner's stream, which
+    is closed after the test: drop that handler so later threads' logs do not hit it."""
+    yield
+    unconfigure()
 
 
 @dataclass(frozen=True)
