@@ -7,7 +7,8 @@
    reads, validates and stores the rows (goal <= 200 MB); both printed as ratios to
    their goals.
 2. The broker stays short: messages in Redis right after the 202 / the batch window.
-3. Fairness: seconds a single job submitted behind the 100k batch takes to succeed.
+3. Fairness: seconds a single job submitted behind the running 100k batch takes to
+   succeed (median of 5), also as a multiple of the upstream latency.
 4. A fleet pause with the 100k batch queued: upstream calls started during the pause
    (goal 0), the largest broker backlog seen (goal <= the window), and attempts spent
    minus calls made (goal 0: a pause burns no attempts).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import tempfile
 import threading
 import time
@@ -36,6 +38,7 @@ from tests.support.images import product_png
 
 INGEST_GOAL_S = 15.0
 RSS_GOAL_MB = 200.0
+SINGLE_JOB_TRIALS = 5
 
 
 class PeakRss:
@@ -100,17 +103,34 @@ def ingest(d: Deployment, path: Path) -> dict[str, Any]:
     }
 
 
-def single_job_behind(d: Deployment) -> float:
-    """Seconds from posting one job to its success, with the big batch running."""
+def single_job_behind(d: Deployment, batch_id: str, window: int, latency: float) -> dict[str, Any]:
+    """Seconds from posting one job to its success while the big batch runs, a few times.
+
+    Measured once the batch is flowing (2 windows done): a brand-new fleet admits no call
+    for its first two heartbeats (the warm-up that lets live holders re-assert their
+    slots after a Redis loss), which would be timed instead of the batch's competition.
+    """
     body = {"prompt": "now", "subject_image": "s3://shop/p.png", "width": 256, "height": 256}
+    times: list[float] = []
     with d.api() as api:
-        started = time.monotonic()
-        job_id = api.post("/v1/jobs", json=body).raise_for_status().json()["id"]
-        while api.get(f"/v1/jobs/{job_id}").json()["status"] != "succeeded":
-            if time.monotonic() - started > 120:
-                raise AssertionError("the single job never ran")
-            time.sleep(0.05)
-    return round(time.monotonic() - started, 2)
+        deadline = time.monotonic() + 120
+        while api.get(f"/v1/batches/{batch_id}").json()["counts"]["succeeded"] < 2 * window:
+            assert time.monotonic() < deadline, "the batch never started"
+            time.sleep(0.1)
+        for _ in range(SINGLE_JOB_TRIALS):
+            started = time.monotonic()
+            job_id = api.post("/v1/jobs", json=body).raise_for_status().json()["id"]
+            while api.get(f"/v1/jobs/{job_id}").json()["status"] != "succeeded":
+                if time.monotonic() - started > 120:
+                    raise AssertionError("the single job never ran")
+                time.sleep(0.02)
+            times.append(time.monotonic() - started)
+    median = statistics.median(times)
+    return {
+        "median_s": round(median, 2),
+        "max_s": round(max(times), 2),
+        "median_in_upstream_latencies": round(median / latency, 1),
+    }
 
 
 def pause_with_batch_queued(d: Deployment, batch_id: str, window: int) -> dict[str, Any]:
@@ -141,8 +161,8 @@ def pause_with_batch_queued(d: Deployment, batch_id: str, window: int) -> dict[s
         "window": window,
         "waiting_items": batch["counts"]["waiting"],
         "batch_status": batch["status"],
-        # Every call so far was one of this batch's items or the single job.
-        "attempts_minus_calls": attempts - (calls_before - 1),
+        # Every call so far was one of this batch's items or a single job.
+        "attempts_minus_calls": attempts - (calls_before - SINGLE_JOB_TRIALS),
     }
 
 
@@ -181,8 +201,8 @@ def main() -> None:
         )
         window = settings.batch_window_size
         results["broker"] = {"backlog": broker_backlog(settings), "window": window}
-        results["single_job_behind_batch_s"] = single_job_behind(d)
         batch_id = results["ingest"]["batch_id"]
+        results["single_job"] = single_job_behind(d, batch_id, window, args.latency)
         results["pause"] = pause_with_batch_queued(d, batch_id, window)
         results["manifest"] = manifest(d, batch_id)
         with d.api() as api:
@@ -200,7 +220,12 @@ def main() -> None:
     )
     b = results["broker"]
     print(f"broker backlog after the 202: {b['backlog']} messages / window {b['window']}")
-    print(f"a single job behind the batch succeeded in {results['single_job_behind_batch_s']} s")
+    j = results["single_job"]
+    print(
+        f"a single job behind the running batch succeeded in {j['median_s']} s median "
+        f"(max {j['max_s']} s of {SINGLE_JOB_TRIALS}): "
+        f"{j['median_in_upstream_latencies']} x the upstream latency of {args.latency} s"
+    )
     p = results["pause"]
     print(
         f"paused with the batch queued: {p['calls_during_pause']} calls in 5 s (goal 0), "
