@@ -8,6 +8,8 @@ x-remaining-credits, or its status code and ``{"error": ...}``.
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from contextlib import suppress
 
@@ -16,22 +18,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from api.deps import CurrentStorage, DbSession, tenant_for_key
-from api.waiting import wait_for_job
+from api.waiting import POLL_SECONDS, wait_for_job
 from relightq.compat import (
     COMPAT_PRIORITY,
-    OUT_OF_CREDITS,
     SegmindAnswer,
     error,
     final_answer,
+    parked_by_pause,
     paused_answer,
-    waiting_for_credits,
 )
 from relightq.db import session_scope
 from relightq.errors import InvalidInput, RateLimited, RelightqError, Unauthorized
 from relightq.jobs import service
 from relightq.jobs.models import FINAL_STATUSES
 from relightq.jobs.schemas import JobCreate, JobOptions
-from relightq.segmind.wire import Reject, parse_request
+from relightq.segmind.wire import Reject, SubjectImageError, decode_subject, parse_request
 from relightq.settings import get_settings
 from relightq.throttle.service import get_fleet
 
@@ -73,7 +74,7 @@ async def ic_light(request: Request, db: DbSession, storage: CurrentStorage) -> 
         return exc.response()
     paused = paused_answer(get_fleet().state())
     if paused is not None:
-        return _respond(paused)  # Segmind would refuse now: so do we, without a job
+        return _respond(paused)  # refused now, as Segmind would: no job is made
     settings = get_settings()
     fields = {**params.model_dump(), "priority": COMPAT_PRIORITY}
     try:
@@ -88,6 +89,10 @@ async def ic_light(request: Request, db: DbSession, storage: CurrentStorage) -> 
         else:
             if len(subject) > settings.max_upload_bytes:
                 return _respond(error(413, "subject_image is too large"))
+            try:  # refused in the upstream's words, before a job is made
+                await run_in_threadpool(decode_subject, subject)
+            except SubjectImageError as exc:
+                return _respond(error(422, str(exc)))
             options = JobOptions.model_validate(fields)
             job = await run_in_threadpool(
                 service.create_job_with_upload, db, tenant.id, options, subject, storage
@@ -97,23 +102,29 @@ async def ic_light(request: Request, db: DbSession, storage: CurrentStorage) -> 
     except RelightqError as exc:
         return _respond(error(exc.status, exc.message))
     await run_in_threadpool(db.commit)
-    done = await wait_for_job(
-        tenant.id, job.id, settings.compat_wait_seconds, stop=waiting_for_credits
-    )
-    if done.status not in FINAL_STATUSES:
-        if waiting_for_credits(done):
-            # Segmind would have said 406: say it, and make sure the job never runs later.
+    deadline = time.monotonic() + settings.compat_wait_seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        done = await wait_for_job(tenant.id, job.id, max(remaining, 0), stop=parked_by_pause)
+        if done.status in FINAL_STATUSES:
+            return _respond(await run_in_threadpool(final_answer, done, storage))
+        paused = paused_answer(get_fleet().state()) if parked_by_pause(done) else None
+        if paused is not None:
+            # What Segmind would have said (406, 401) or a 503: say it, and make sure the
+            # job never runs (and charges) later for a caller who has gone.
             await run_in_threadpool(_cancel, job.id, tenant.id)
-            return _respond(error(406, OUT_OF_CREDITS))
-        return _respond(
-            error(
-                504,
-                f"still running after {settings.compat_wait_seconds:g} s; "
-                f"follow it at /v1/jobs/{job.id}",
-                Location=f"/v1/jobs/{job.id}",
+            return _respond(paused)
+        if remaining <= 0:
+            return _respond(
+                error(
+                    504,
+                    f"still running after {settings.compat_wait_seconds:g} s; "
+                    f"follow it at /v1/jobs/{job.id}",
+                    Location=f"/v1/jobs/{job.id}",
+                )
             )
-        )
-    return _respond(await run_in_threadpool(final_answer, done, storage))
+        # Parked, but the fleet has resumed since: the wake-up is on its way.
+        await asyncio.sleep(POLL_SECONDS)
 
 
 def _cancel(job_id: uuid.UUID, tenant_id: uuid.UUID) -> None:

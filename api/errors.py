@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -15,6 +15,7 @@ from relightq.batches.schemas import ALLOWED as BATCH_ALLOWED
 from relightq.errors import FieldProblem, RelightqError, field_problems
 from relightq.jobs.schemas import ALLOWED as JOB_ALLOWED
 from relightq.schedules.schemas import ALLOWED as SCHEDULE_ALLOWED
+from relightq.segmind.wire import routing_error
 from relightq.triggers.schemas import ALLOWED as TRIGGER_ALLOWED
 from relightq.webhooks.schemas import ALLOWED as WEBHOOK_ALLOWED
 
@@ -38,14 +39,20 @@ def allowed_for(path: str) -> dict[str, str]:
 log = logging.getLogger(__name__)
 
 
+COMPAT_PREFIX = "/compat/segmind/"
+
+
 def error_response(
     status: int,
     code: str,
     message: str,
     fields: list[FieldProblem] | None = None,
     headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    """The stable error body."""
+    path: str = "",
+) -> Response:
+    """The stable error body; under the Segmind-compatible prefix, Segmind's own shape."""
+    if path.startswith(COMPAT_PREFIX):
+        return routing_error(status, message, headers)
     body = {
         "error": {
             "code": code,
@@ -60,27 +67,31 @@ def install_error_handlers(app: FastAPI) -> None:
     """Route every exception type to the one error shape; nothing escapes as a bare 500."""
 
     @app.exception_handler(RelightqError)
-    async def _relightq(_: Request, exc: RelightqError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers)
+    async def _relightq(request: Request, exc: RelightqError) -> Response:
+        return error_response(
+            exc.status, exc.code, exc.message, exc.fields, exc.headers, request.url.path
+        )
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         problems = field_problems(exc.errors(), allowed_for(request.url.path))
         message = "invalid input: " + ", ".join(p.field for p in problems)
-        return error_response(422, "validation_error", message, problems)
+        return error_response(422, "validation_error", message, problems, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         code = {
             401: "unauthorized",
             404: "not_found",
             405: "method_not_allowed",
             413: "payload_too_large",
         }.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return error_response(
+            exc.status_code, code, str(exc.detail), headers=exc.headers, path=request.url.path
+        )
 
     @app.exception_handler(OperationalError)
-    async def _database_down(_: Request, exc: DBAPIError) -> JSONResponse:
+    async def _database_down(request: Request, exc: DBAPIError) -> Response:
         # PostgreSQL restarting is an outage to wait out, not a bug: say so and when to retry.
         log.warning("database unavailable: %s", type(exc.orig).__name__)
         return error_response(
@@ -88,4 +99,5 @@ def install_error_handlers(app: FastAPI) -> None:
             "database_unavailable",
             "the database is unavailable; retry shortly",
             headers={"Retry-After": "5"},
+            path=request.url.path,
         )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import COMPAT_PREFIX
 
 
 class _TooLarge(HTTPException):
@@ -33,7 +36,7 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            await self._reject(send, max_bytes)
+            await self._reject(scope, send, max_bytes)
             return
         received = 0
         started = False
@@ -56,18 +59,16 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send, max_bytes)
+                await self._reject(scope, send, max_bytes)
 
-    async def _reject(self, send: Send, max_bytes: int) -> None:
-        body = json.dumps(
-            {
-                "error": {
-                    "code": "payload_too_large",
-                    "message": f"request body exceeds {max_bytes} bytes",
-                    "fields": [],
-                }
-            }
-        ).encode()
+    async def _reject(self, scope: Scope, send: Send, max_bytes: int) -> None:
+        message = f"request body exceeds {max_bytes} bytes"
+        payload: dict[str, Any] = (
+            {"error": message}  # Segmind's shape, for a Segmind client
+            if scope["path"].startswith(COMPAT_PREFIX)
+            else {"error": {"code": "payload_too_large", "message": message, "fields": []}}
+        )
+        body = json.dumps(payload).encode()
         await send(
             {
                 "type": "http.response.start",

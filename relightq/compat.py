@@ -19,6 +19,8 @@ from relightq.throttle.service import CREDIT_RESERVE
 
 COMPAT_PRIORITY = 9  # a caller is waiting on the line: ahead of every queued job
 OUT_OF_CREDITS = "Not enough credits"
+PAUSED = "Service temporarily unavailable: upstream calls are paused"
+PAUSED_RETRY_AFTER_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,12 @@ def error(status: int, message: str, **headers: str) -> SegmindAnswer:
 
 
 def paused_answer(state: FleetState) -> SegmindAnswer | None:
-    """What Segmind would answer while the fleet is paused, or None to go ahead.
+    """What to answer at once while the fleet is paused, or None to go ahead.
 
-    Out of credits (or below the reserve) is Segmind's 406; a key Segmind refused is its
-    401. An operator's pause is not something Segmind says; the call waits like any job.
+    Out of credits (or below the reserve) is Segmind's 406 and a key Segmind refused its
+    401. Any other pause (an operator's, say) is not something Segmind says, but a caller
+    blocked on the line must not hang until it lifts: 503, which Segmind answers when it
+    is unavailable and clients already retry, with a Retry-After.
     """
     if not state.paused:
         return None
@@ -49,13 +53,12 @@ def paused_answer(state: FleetState) -> SegmindAnswer | None:
         return error(401, state.reason or "Invalid API key")
     if state.code in (SegmindOutOfCredits.code, CREDIT_RESERVE):
         return error(406, OUT_OF_CREDITS)
-    return None
+    return error(503, PAUSED, **{"Retry-After": str(PAUSED_RETRY_AFTER_SECONDS)})
 
 
-def waiting_for_credits(job: Job) -> bool:
-    """The job is parked because the fleet ran out of credits (Segmind would have said 406)."""
-    reason = (job.waiting_reason or "").lower()
-    return job.status == JobStatus.WAITING and "credit" in reason
+def parked_by_pause(job: Job) -> bool:
+    """The job waits for the fleet to resume (not for a time of its own)."""
+    return job.status == JobStatus.WAITING and job.run_after is None
 
 
 def final_answer(job: Job, storage: Storage) -> SegmindAnswer:
@@ -74,14 +77,17 @@ def final_answer(job: Job, storage: Storage) -> SegmindAnswer:
         images = [base64.b64encode(storage.get(o.uri)).decode() for o in outputs]
         body = json.dumps({"images": images}).encode()
         return SegmindAnswer(200, body, "application/json", headers=credits)
-    message = job.error_message or "The request failed"
-    statuses = [a.http_status for a in job.attempt_log if a.http_status]
-    last = statuses[-1] if statuses else None
+    # The upstream's own words for its refusals: the last call's message, not the job's
+    # summary of it ("Segmind answered 422: ...").
+    calls = [a for a in job.attempt_log if a.http_status]
+    last = calls[-1] if calls else None
     if job.status == JobStatus.CANCELLED:
         return error(503, "The request was cancelled")
-    if last in (400, 404, 405, 406, 413, 422):
-        return error(last, message)
+    if last is not None and last.http_status in (400, 404, 405, 406, 413, 422):
+        return error(last.http_status, last.error_message or job.error_message or "")
+    message = job.error_message or "The request failed"
     if job.error_code == "input_unreadable":
         return error(422, message)
     # Transient failures that outlived every retry: what Segmind last said, else a 502.
-    return error(last if last and last >= 500 else 502, message)
+    status = last.http_status if last is not None and (last.http_status or 0) >= 500 else 502
+    return error(status or 502, message)

@@ -7,14 +7,51 @@ refuse the rest in Segmind's words and status codes.
 
 from __future__ import annotations
 
+import io
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image, ImageOps
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from relightq.segmind.params import ALLOWED, RelightParams
+
+# What the upstream's front server answers a wrong method with: an HTML page, not JSON.
+METHOD_NOT_ALLOWED_HTML = (
+    "<html><head><title>405 Not Allowed</title></head>"
+    "<body><center><h1>405 Not Allowed</h1></center><hr><center>relightq simulator</center>"
+    "</body></html>"
+)
+
+
+def routing_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    """A routing or protocol error (unknown path, wrong method, body too large) as the
+    upstream answers it."""
+    if status == 404:
+        return JSONResponse({"error": "Not found"}, 404)
+    if status == 405:
+        return HTMLResponse(METHOD_NOT_ALLOWED_HTML, 405, headers=headers)
+    return JSONResponse({"error": message}, status, headers=headers)
+
+
+class SubjectImageError(ValueError):
+    """The subject image bytes are not an image Pillow can decode."""
+
+
+def decode_subject(data: bytes) -> Image.Image:
+    """Decode and fully load the subject as RGBA, or raise SubjectImageError."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            return upright.convert("RGBA")
+    except Exception as exc:  # Pillow raises many types for bad input; all mean "not an image"
+        raise SubjectImageError(
+            f"subject_image is not an image Pillow can decode ({type(exc).__name__})"
+        ) from exc
 
 
 class Reject(Exception):

@@ -20,14 +20,20 @@ from typing import Any
 import httpx
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relightq.segmind.params import CONTENT_TYPES
-from relightq.segmind.wire import Reject, parse_request
-from relightq.simulator.imaging import CAPTION, SubjectImageError, decode_subject, render_all
+from relightq.segmind.wire import (
+    Reject,
+    SubjectImageError,
+    decode_subject,
+    parse_request,
+    routing_error,
+)
+from relightq.simulator.imaging import CAPTION, render_all
 from relightq.simulator.state import ConfigUpdate, SimulatorState
 
 __all__ = ["SimulatorState", "create_app", "serve"]
@@ -44,11 +50,6 @@ BANNER = {
         "POST /admin/reset",
     ],
 }
-METHOD_NOT_ALLOWED_HTML = (
-    "<html><head><title>405 Not Allowed</title></head>"
-    "<body><center><h1>405 Not Allowed</h1></center><hr><center>relightq simulator</center>"
-    "</body></html>"
-)
 FETCH_TIMEOUT = 30.0
 MAX_SUBJECT_BYTES = 25 * 1024 * 1024
 FAULT_429_RESET_SECONDS = 2.0
@@ -184,11 +185,7 @@ def create_app(state: SimulatorState | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        if exc.status_code == 404:
-            return JSONResponse({"error": "Not found"}, 404)
-        if exc.status_code == 405:  # upstream answers a wrong method with an HTML page
-            return HTMLResponse(METHOD_NOT_ALLOWED_HTML, 405, headers=exc.headers)
-        return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
+        return routing_error(exc.status_code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> Response:

@@ -29,23 +29,6 @@ _RAMP_TRANSFORMS: dict[str, list[Image.Transpose]] = {
 }
 
 
-class SubjectImageError(ValueError):
-    """The subject image bytes are not an image Pillow can decode."""
-
-
-def decode_subject(data: bytes) -> Image.Image:
-    """Decode and fully load the subject as RGBA, or raise SubjectImageError."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            return upright.convert("RGBA")
-    except Exception as exc:  # Pillow raises many types for bad input; all mean "not an image"
-        raise SubjectImageError(
-            f"subject_image is not an image Pillow can decode ({type(exc).__name__})"
-        ) from exc
-
-
 def _light_mask(light_source: str, size: tuple[int, int], rng: random.Random) -> Image.Image:
     ramp = Image.linear_gradient("L")
     for step in _RAMP_TRANSFORMS[light_source]:

@@ -128,8 +128,8 @@ def test_an_upstream_refusal_comes_back_with_its_status_and_message(
 
     response = httpx.post(services.api + PATH, json=body, headers={"x-api-key": tenant.key})
 
-    assert response.status_code == 422
-    assert "Could not fetch subject_image" in response.json()["error"]
+    segminds = simulator.post("/v1/ic-light", json=body, headers={"x-api-key": "k"})
+    assert (response.status_code, response.json()) == (segminds.status_code, segminds.json())
 
 
 def test_while_credits_are_out_it_answers_406_instead_of_hanging(
@@ -152,6 +152,72 @@ def test_while_credits_are_out_it_answers_406_instead_of_hanging(
     assert [j["status"] for j in jobs] == ["cancelled"]  # the second made no job at all
     with httpx.Client(base_url=services.api, headers={"x-api-key": operator.key}) as ops:
         ops.post("/v1/throttle/resume").raise_for_status()
+
+
+def test_a_call_caught_by_a_refused_segmind_key_gets_401_at_once_and_never_runs(
+    services: Services, tenant: TenantKey, simulator: httpx.Client
+) -> None:
+    simulator.post("/admin/config", json={"valid_keys": ["not-ours"]}).raise_for_status()
+    _, url = shop_image("compat/refused-key.png")
+    headers = {"x-api-key": tenant.key}
+
+    started = time.monotonic()
+    caught = httpx.post(
+        services.api + PATH, json={"prompt": "x", "subject_image": url}, headers=headers
+    )
+
+    assert (caught.status_code, caught.json()) == (401, {"error": "Invalid API key"})
+    assert time.monotonic() - started < 15  # not the 300 s wait
+    jobs = httpx.get(f"{services.api}/v1/jobs", headers=headers).json()["items"]
+    assert [j["status"] for j in jobs] == ["cancelled"]  # it will not run once the key works
+
+
+def test_an_operators_pause_gets_503_with_retry_after_not_a_hang(
+    services: Services, tenant: TenantKey, operator: TenantKey, simulator: httpx.Client
+) -> None:
+    _, url = shop_image("compat/operator-pause.png")
+    with httpx.Client(base_url=services.api, headers={"x-api-key": operator.key}) as ops:
+        ops.post("/v1/throttle/pause", json={"reason": "maintenance"}).raise_for_status()
+
+    response = httpx.post(
+        services.api + PATH,
+        json={"prompt": "x", "subject_image": url},
+        headers={"x-api-key": tenant.key},
+    )
+
+    assert response.status_code == 503 and "paused" in response.json()["error"]
+    assert response.headers["retry-after"] == "60"
+    assert jobs_of(tenant) == 0
+
+
+def test_routing_errors_under_the_compat_prefix_are_answered_in_segminds_shape(
+    services: Services, tenant: TenantKey, simulator: httpx.Client
+) -> None:
+    headers = {"x-api-key": tenant.key}
+    for method, path in (("GET", "/v1/ic-light"), ("POST", "/v1/no-such-model")):
+        ours = httpx.request(method, services.api + "/compat/segmind" + path, headers=headers)
+        segminds = simulator.request(method, path, headers={"x-api-key": "k"})
+        assert (ours.status_code, ours.text) == (segminds.status_code, segminds.text)
+    too_big = httpx.post(
+        services.api + PATH,
+        content=b"x" * (30 * 2**20),
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert too_big.status_code == 413 and set(too_big.json()) == {"error"}
+
+
+def test_an_uploaded_file_that_is_not_an_image_gets_segminds_words(
+    services: Services, tenant: TenantKey, simulator: httpx.Client
+) -> None:
+    files = {"subject_image": ("p.png", b"not an image at all", "image/png")}
+    data = {"prompt": "x"}
+
+    ours = httpx.post(
+        services.api + PATH, data=data, files=files, headers={"x-api-key": tenant.key}
+    )
+    segminds = simulator.post("/v1/ic-light", data=data, files=files, headers={"x-api-key": "k"})
+
+    assert (ours.status_code, ours.json()) == (segminds.status_code, segminds.json())
 
 
 def test_prefer_wait_returns_the_final_job_or_the_usual_202(
