@@ -11,6 +11,7 @@ from sqlalchemy import text
 from api import batches, compat, dashboard, jobs, schedules, throttle, triggers, webhooks
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
+from api.nul import RefuseNul
 from relightq.db import get_engine
 from relightq.metrics import FleetStateCollector
 from relightq.settings import get_settings
@@ -26,6 +27,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Asynchronous job queue relighting product images with Segmind IC-Light.",
     )
+    # Added first, so it runs inside the size limit: it buffers only bodies already capped.
+    app.add_middleware(RefuseNul, max_bytes=settings.max_request_bytes)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,

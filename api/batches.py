@@ -30,7 +30,14 @@ from relightq.batches.schemas import (
 )
 from relightq.batches.sources import RawItem, csv_items, json_items, jsonl_items, prefix_items
 from relightq.db import get_sessionmaker
-from relightq.errors import FieldProblem, InvalidInput, RelightqError, field_problems
+from relightq.errors import (
+    NUL_MESSAGE,
+    FieldProblem,
+    InvalidInput,
+    RelightqError,
+    field_problems,
+    nul_field,
+)
 from relightq.jobs.service import foreign_subject_problem
 from relightq.settings import get_settings
 from relightq.storage import Storage
@@ -191,6 +198,8 @@ async def create_batch(
         # Starlette spools an uploaded file to disk past 1 MiB: it is never whole in memory.
         form = await request.form(max_files=1, max_fields=32)
         fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+        if nul := nul_field(fields):
+            raise InvalidInput([FieldProblem(nul, NUL_MESSAGE)])
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidInput([FieldProblem("file", "must be an uploaded file", ALLOWED["file"])])

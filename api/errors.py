@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from relightq.batches.schemas import ALLOWED as BATCH_ALLOWED
@@ -37,6 +37,7 @@ def allowed_for(path: str) -> dict[str, str]:
 
 
 log = logging.getLogger(__name__)
+NUL_HINT = "text must not contain NUL (\\u0000) characters and numbers must fit their fields"
 
 
 COMPAT_PREFIX = "/compat/segmind/"
@@ -100,4 +101,15 @@ def install_error_handlers(app: FastAPI) -> None:
             "the database is unavailable; retry shortly",
             headers={"Retry-After": "5"},
             path=request.url.path,
+        )
+
+    @app.exception_handler(DataError)
+    async def _unstorable(request: Request, exc: DataError) -> Response:
+        # Input PostgreSQL refuses (a NUL in a multipart or very large body, a number out of
+        # range) is the client's to fix. The statement's parameters are never echoed:
+        # the engine hides them, and they may hold secrets.
+        log.info("unstorable input: %s", type(exc.orig).__name__)
+        problem = FieldProblem("body", "holds a value that cannot be stored: " + NUL_HINT)
+        return error_response(
+            422, "validation_error", "invalid input: body", [problem], path=request.url.path
         )

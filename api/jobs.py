@@ -17,7 +17,14 @@ from api.bodies import read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
 from api.idempotency import key_of, remember, replay_or_claim
 from api.waiting import prefer_wait, wait_for_job
-from relightq.errors import FieldProblem, InvalidInput, RelightqError, field_problems
+from relightq.errors import (
+    NUL_MESSAGE,
+    FieldProblem,
+    InvalidInput,
+    RelightqError,
+    field_problems,
+    nul_field,
+)
 from relightq.jobs import service
 from relightq.jobs.models import FINAL_STATUSES, JobStatus
 from relightq.jobs.schemas import ALLOWED, JobCreate, JobOptions, JobOut, JobPage
@@ -99,6 +106,8 @@ async def create_job(
     elif content_type == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=64)
         fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+        if nul := nul_field(fields):
+            raise InvalidInput([FieldProblem(nul, NUL_MESSAGE)])
         upload = form.get("subject_image")
         problems: list[FieldProblem] = []
         if not isinstance(upload, UploadFile):

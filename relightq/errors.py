@@ -91,3 +91,26 @@ class RateLimited(RelightqError):
             "rate_limited",
             headers={"Retry-After": str(retry_after)},
         )
+
+
+NUL_MESSAGE = "must not contain NUL (\\u0000) characters"
+
+
+def nul_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first key or string holding a NUL character, or None."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return here.replace("\x00", "\\u0000")
+            found = nul_field(item, here)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_field(item, f"{path}[{index}]" if path else f"[{index}]")
+            if found:
+                return found
+    return None

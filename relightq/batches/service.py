@@ -43,7 +43,15 @@ from relightq.batches.schemas import (
 )
 from relightq.batches.sources import RawItem
 from relightq.db import utcnow
-from relightq.errors import FieldProblem, InvalidInput, NotFound, RelightqError, field_problems
+from relightq.errors import (
+    NUL_MESSAGE,
+    FieldProblem,
+    InvalidInput,
+    NotFound,
+    RelightqError,
+    field_problems,
+    nul_field,
+)
 from relightq.jobs.models import Job, JobStatus, held_by_batch
 from relightq.jobs.schemas import JobCreate
 from relightq.jobs.service import cancelled_values, foreign_subject_problem, rerun_values
@@ -195,6 +203,9 @@ def _take(
 ) -> None:
     job_id = uuid.uuid4()
     problems = [item.problem] if item.problem else []
+    nul = nul_field(item.fields)
+    if nul and not problems:
+        problems.append(FieldProblem(nul, NUL_MESSAGE))
     request: JobCreate | None = None
     if not problems:
         merged = {**spec.defaults, **item.fields}
@@ -274,7 +285,8 @@ def _reject(state: _Ingest, item: RawItem, problems: list[FieldProblem]) -> None
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else str(value)[:4096]
+    # A rejected row may hold the NUL it was rejected for; PostgreSQL cannot store it.
+    return None if value is None else str(value)[:4096].replace("\x00", "\ufffd")
 
 
 def _flush(session: Session, state: _Ingest) -> None:

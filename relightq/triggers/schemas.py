@@ -9,9 +9,10 @@ from typing import Any
 
 import jmespath
 from jmespath.exceptions import JMESPathError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from relightq.batches.schemas import ITEM_ONLY_FIELDS, validate_defaults
+from relightq.jobs.schemas import JobOptions
 
 MAX_IMAGES_PER_EVENT = 100
 
@@ -58,6 +59,9 @@ class TriggerMapping(BaseModel):
         per_item = sorted(ITEM_ONLY_FIELDS & value.keys())
         if per_item:
             raise ValueError(f"{', '.join(per_item)} come from images and external_id")
+        unknown = sorted(value.keys() - JobOptions.model_fields.keys())
+        if unknown:
+            raise ValueError(f"jobs have no field {', '.join(unknown)}")
         for expression in value.values():
             _compile(expression)
         return value
@@ -87,11 +91,15 @@ class TriggerCreate(BaseModel):
 
     @field_validator("job")
     @classmethod
-    def _job_is_a_template(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _job_is_a_template(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         per_item = sorted(ITEM_ONLY_FIELDS & value.keys())
         if per_item:
             raise ValueError(f"{', '.join(per_item)} come from the event")
         validate_defaults(value)
+        # Caught now, not as a 422 on every event the sender delivers (and retries).
+        mapping = info.data.get("mapping")
+        if "prompt" not in value and mapping is not None and "prompt" not in mapping.fields:
+            raise ValueError("needs a prompt, unless mapping.fields maps one")
         return value
 
 

@@ -175,7 +175,12 @@ def map_event(trigger: Trigger, payload: Any, event_id: str) -> list[JobCreate]:
     mapping = trigger.mapping
     found = _search(mapping["images"], payload)
     images = [found] if isinstance(found, str) else found if isinstance(found, list) else []
-    images = [image for image in images if isinstance(image, str) and image]
+    not_urls = [i for i, image in enumerate(images) if not isinstance(image, str)]
+    if not_urls:
+        raise InvalidInput(
+            [FieldProblem(f"images[{i}]", "the mapping found no image URL here") for i in not_urls]
+        )
+    images = [image for image in images if image]
     if len(images) > MAX_IMAGES_PER_EVENT:
         raise InvalidInput(
             [FieldProblem("images", f"the event names more than {MAX_IMAGES_PER_EVENT} images")]
@@ -211,6 +216,24 @@ def map_event(trigger: Trigger, payload: Any, event_id: str) -> list[JobCreate]:
     return requests
 
 
+def _stored_event_id(event_id: str) -> str:
+    """The id as stored (255 characters at most): longer ids by their digest, so two ids
+    that share a long beginning stay two events."""
+    if len(event_id) <= 255:
+        return event_id
+    return "sha256:" + hashlib.sha256(event_id.encode()).hexdigest()
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
+
+
 def receive(
     session: Session, name: str, headers: Mapping[str, str], body: bytes, bucket: str
 ) -> TriggerAccepted:
@@ -218,9 +241,11 @@ def receive(
     trigger = session.scalar(select(Trigger).where(Trigger.name == name))
     if trigger is None:
         raise NotFound("trigger")
-    event_id = verify(trigger, headers, body)[:255]
+    event_id = _stored_event_id(verify(trigger, headers, body))
     try:
-        payload = json.loads(body)
+        # Another system's text may hold NUL characters, which PostgreSQL cannot store and
+        # the tenant cannot fix: they are dropped rather than the event refused.
+        payload = _without_nul(json.loads(body))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput([FieldProblem("body", "is not valid JSON", "a JSON event")]) from exc
     row_id = session.scalar(

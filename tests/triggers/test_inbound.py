@@ -257,3 +257,77 @@ def test_triggers_are_managed_per_tenant_with_unique_names(
     assert api.delete(f"/v1/triggers/{name}").status_code == 204
     with httpx.Client(base_url=services.api) as shopify:
         assert shopify.post(f"/v1/triggers/{name}", content=b"{}").status_code == 404
+
+
+def test_a_trigger_that_could_never_make_a_job_is_refused_when_it_is_created(
+    api: httpx.Client,
+) -> None:
+    base = {"name": f"shop-{uuid.uuid4().hex[:8]}", "scheme": "hmac-sha256", "secret": SHOP_SECRET}
+    unknown_field = api.post(
+        "/v1/triggers",
+        json={**base, "mapping": {"images": "src", "fields": {"bogus": "title"}}, "job": {}},
+    )
+    no_prompt = api.post(
+        "/v1/triggers", json={**base, "mapping": {"images": "src"}, "job": {"width": 512}}
+    )
+    prompt_mapped = api.post(
+        "/v1/triggers",
+        json={**base, "mapping": {"images": "src", "fields": {"prompt": "title"}}, "job": {}},
+    )
+
+    assert unknown_field.status_code == 422
+    assert [f["field"] for f in unknown_field.json()["error"]["fields"]] == ["mapping.fields"]
+    assert "bogus" in unknown_field.json()["error"]["fields"][0]["message"]
+    assert no_prompt.status_code == 422
+    assert [f["field"] for f in no_prompt.json()["error"]["fields"]] == ["job"]
+    assert prompt_mapped.status_code == 201, prompt_mapped.text
+
+
+def test_an_event_whose_images_are_not_urls_is_a_422_and_not_marked_done(
+    services: Services, api: httpx.Client, tenant: TenantKey
+) -> None:
+    name = shopify_trigger(api, mapping={"images": "images[].id"})  # ids, not URLs
+    body = product_created("https://example.com/a.png")
+    with httpx.Client(base_url=services.api) as shopify:
+        response = shopify.post(
+            f"/v1/triggers/{name}", content=body, headers=shopify_headers(body, "e-ids")
+        )
+    assert response.status_code == 422
+    assert [f["field"] for f in response.json()["error"]["fields"]] == ["images[0]"]
+    assert events_of(name) == 0 and jobs_of(tenant) == 0
+
+
+def test_nul_characters_in_a_signed_event_are_dropped_not_a_500(
+    services: Services, api: httpx.Client, tenant: TenantKey
+) -> None:
+    name = shopify_trigger(api)
+    _, url = shop_image("triggers/nul.png")
+    event = json.loads(product_created(url))
+    event["title"] = "Mug\u0000 deluxe"
+    body = json.dumps(event).encode()
+    with httpx.Client(base_url=services.api) as shopify:
+        response = shopify.post(
+            f"/v1/triggers/{name}", content=body, headers=shopify_headers(body, "e-nul")
+        )
+    assert response.status_code == 202, response.text
+    job = api.get(f"/v1/jobs/{response.json()['jobs'][0]}").json()
+    assert job["metadata"]["title"] == "Mug deluxe"
+
+
+def test_event_ids_longer_than_the_column_stay_distinct(
+    services: Services, api: httpx.Client, tenant: TenantKey
+) -> None:
+    name = shopify_trigger(api)
+    _, url = shop_image("triggers/long-id.png")
+    body = product_created(url)
+    long = "e" * 300
+    with httpx.Client(base_url=services.api) as shopify:
+        first = shopify.post(
+            f"/v1/triggers/{name}", content=body, headers=shopify_headers(body, long + "1")
+        )
+        second = shopify.post(
+            f"/v1/triggers/{name}", content=body, headers=shopify_headers(body, long + "2")
+        )
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert not second.json()["duplicate"]
+    assert events_of(name) == 2
