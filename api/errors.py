@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -112,4 +113,16 @@ def install_error_handlers(app: FastAPI) -> None:
         problem = FieldProblem("body", "holds a value that cannot be stored: " + NUL_HINT)
         return error_response(
             422, "validation_error", "invalid input: body", [problem], path=request.url.path
+        )
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request: Request, exc: RedisError) -> Response:
+        # Fleet state (throttle, pauses) lives in Redis: an outage to wait out, as above.
+        log.warning("redis unavailable: %s", type(exc).__name__)
+        return error_response(
+            503,
+            "redis_unavailable",
+            "the fleet's Redis is unavailable; retry shortly",
+            headers={"Retry-After": "5"},
+            path=request.url.path,
         )

@@ -20,6 +20,7 @@ from relightq.webhooks.schemas import (
     EventPage,
     SecretOut,
 )
+from relightq.webhooks.secrets import ensure_callback_secret
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 Limit = Annotated[int, Query(ge=1, le=200)]
@@ -31,8 +32,7 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 def create_endpoint(
     spec: EndpointCreate, response: Response, tenant: CurrentTenant, db: DbSession
 ) -> EndpointOut:
-    """The answer carries the endpoint's signing secret, shown only here (rotate for a new
-    one)."""
+    """The answer carries the endpoint's signing secret (also at /endpoints/{id}/secret)."""
     endpoint = service.create_endpoint(db, tenant.id, spec)
     db.commit()
     response.headers["Location"] = f"/v1/webhooks/endpoints/{endpoint.id}"
@@ -51,6 +51,16 @@ def get_endpoint(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -
     return service.endpoint_view(service.get_endpoint(db, tenant.id, endpoint_id))
 
 
+@router.get(
+    "/endpoints/{endpoint_id}/secret",
+    response_model=SecretOut,
+    summary="An endpoint's signing secret",
+)
+def get_endpoint_secret(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> SecretOut:
+    """For the owner's verifier, as Svix and Stripe let their dashboards reveal it."""
+    return SecretOut(secret=service.endpoint_secret(db, tenant.id, endpoint_id))
+
+
 @router.post(
     "/endpoints/{endpoint_id}/rotate-secret",
     response_model=SecretOut,
@@ -59,7 +69,7 @@ def get_endpoint(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -
 def rotate_endpoint_secret(
     endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession
 ) -> SecretOut:
-    """Shown once, here; deliveries from now on are signed with it."""
+    """Deliveries from now on are signed with the new one; the old one stops at once."""
     secret = service.rotate_endpoint_secret(db, tenant.id, endpoint_id)
     db.commit()
     return SecretOut(secret=secret)
@@ -83,13 +93,20 @@ def delete_endpoint(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession
     return Response(status_code=204)
 
 
+@router.get("/callback-secret", response_model=SecretOut, summary="The callback_url secret")
+def get_callback_secret(tenant: CurrentTenant, db: DbSession) -> SecretOut:
+    """Deliveries to any callback_url of this tenant are signed with it; made on first use,
+    by this call or the first delivery, whichever comes first."""
+    secret = ensure_callback_secret(db, tenant.id)
+    db.commit()
+    return SecretOut(secret=secret)
+
+
 @router.post(
     "/callback-secret/rotate", response_model=SecretOut, summary="A new callback_url secret"
 )
 def rotate_callback_secret(tenant: CurrentTenant, db: DbSession) -> SecretOut:
-    """Shown once, here: deliveries to callback_url from now on are signed with it.
-
-    Call it once before using callback_url, and give the secret to your verifier."""
+    """Deliveries to callback_url from now on are signed with the new one."""
     secret = service.rotate_callback_secret(db, tenant.id)
     db.commit()
     return SecretOut(secret=secret)

@@ -8,16 +8,20 @@ a window boundary.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from functools import lru_cache
 
 from limits import RateLimitItem, parse
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from relightq.errors import RateLimited
 from relightq.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 @lru_cache
@@ -26,8 +30,13 @@ def _limiter() -> tuple[MovingWindowRateLimiter, RateLimitItem] | None:
     if not settings.rate_limit:
         return None
     redis_url = settings.fleet_redis_url
-    storage = storage_from_string(redis_url if redis_url else "memory://")
-    return MovingWindowRateLimiter(storage), parse(settings.rate_limit)
+    return limiter_for(redis_url or "memory://", settings.rate_limit)
+
+
+def limiter_for(storage_url: str, limit: str) -> tuple[MovingWindowRateLimiter, RateLimitItem]:
+    """A moving-window limiter on ``storage_url`` whose storage errors are StorageError."""
+    storage = storage_from_string(storage_url, wrap_exceptions=True)
+    return MovingWindowRateLimiter(storage), parse(limit)
 
 
 def check_rate(api_key: str) -> None:
@@ -38,7 +47,14 @@ def check_rate(api_key: str) -> None:
     strategy, item = limiter
     # Identified by a digest, so the key itself is never written to Redis.
     identity = hashlib.sha256(api_key.encode()).hexdigest()[:32]
-    if strategy.hit(item, "relightq", identity):
+    try:
+        if strategy.hit(item, "relightq", identity):
+            return
+        reset = strategy.get_window_stats(item, "relightq", identity).reset_time
+    except StorageError as exc:
+        # Fail open: PostgreSQL, not Redis, holds the jobs, so requests are still served
+        # (and work published later by the sweeper) while Redis is away; /readyz says so.
+        cause = type(exc.storage_error).__name__
+        log.warning("rate limit not checked, Redis unavailable: %s", cause)
         return
-    reset = strategy.get_window_stats(item, "relightq", identity).reset_time
     raise RateLimited(get_settings().rate_limit, max(1, math.ceil(reset - time.time())))

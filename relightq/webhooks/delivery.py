@@ -25,7 +25,6 @@ from relightq.logs import bind, bound
 from relightq.metrics import WEBHOOK_DELIVERIES
 from relightq.netguard import BlockedAddress, GuardedTransport
 from relightq.settings import Settings
-from relightq.tenants.models import Tenant
 from relightq.webhooks.events import publish_delivery
 from relightq.webhooks.models import (
     DeliveryStatus,
@@ -34,7 +33,7 @@ from relightq.webhooks.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
-from relightq.webhooks.secrets import new_secret, signature_headers
+from relightq.webhooks.secrets import ensure_callback_secret, signature_headers
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +72,6 @@ def retry_delay(attempts: int, settings: Settings) -> float | None:
     base = schedule[attempts - 1]
     jitter = settings.webhook_retry_jitter
     return base * random.uniform(1 - jitter, 1 + jitter)
-
-
-def callback_secret(tenant: Tenant) -> str:
-    """The tenant's callback signing secret, made on first use (caller commits)."""
-    if tenant.callback_secret is None:
-        tenant.callback_secret = new_secret()
-    return tenant.callback_secret
 
 
 def _claim(delivery_id: uuid.UUID, settings: Settings) -> WebhookDelivery | None:
@@ -156,11 +148,13 @@ def _deliver(delivery_id: uuid.UUID, settings: Settings) -> DeliveryStatus | Non
         endpoint = (
             session.get(WebhookEndpoint, claimed.endpoint_id) if claimed.endpoint_id else None
         )
-        tenant = session.get(Tenant, claimed.tenant_id)
-        assert event is not None and tenant is not None
+        assert event is not None
         if claimed.endpoint_id is not None and (endpoint is None or not endpoint.enabled):
             return _close(claimed, DeliveryStatus.FAILED, "the endpoint is disabled or deleted")
-        secret = endpoint.secret if endpoint else callback_secret(tenant)
+        if endpoint is not None:
+            secret = endpoint.secret
+        else:
+            secret = ensure_callback_secret(session, claimed.tenant_id)
         body = json.dumps(event.payload, separators=(",", ":"))
         msg_id = event.msg_id
     headers = signature_headers(secret, msg_id, utcnow(), body)

@@ -118,6 +118,11 @@ def rotate_endpoint_secret(session: Session, tenant_id: uuid.UUID, endpoint_id: 
     return endpoint.secret
 
 
+def endpoint_secret(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> str:
+    """An endpoint's signing secret, for its owner's verifier."""
+    return get_endpoint(session, tenant_id, endpoint_id).secret
+
+
 def rotate_callback_secret(session: Session, tenant_id: uuid.UUID) -> str:
     """A new callback secret; deliveries from now on are signed with it."""
     tenant = session.get(Tenant, tenant_id)

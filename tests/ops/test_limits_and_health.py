@@ -6,10 +6,15 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
+from relightq.serving import free_port
 from relightq.settings import get_settings
 from relightq.storage import get_storage
 from relightq.tenants import ratelimit
+from relightq.throttle.service import get_fleet
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import submit_photo, wait_for
 
@@ -41,6 +46,36 @@ def test_each_api_key_gets_its_own_rate_limit_then_a_429_with_retry_after(
     assert refused.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert other.status_code == 200
+
+
+def test_while_redis_is_away_requests_are_served_without_the_rate_limit(
+    services: Services, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real limiter on a port nothing listens on: what the API sees when Redis is down.
+    dead = ratelimit.limiter_for(f"redis://127.0.0.1:{free_port()}/0", "5/minute")
+    monkeypatch.setattr(ratelimit, "_limiter", lambda: dead)
+
+    answers = [api.get("/v1/jobs").status_code for _ in range(7)]
+
+    assert answers == [200] * 7  # fail open: PostgreSQL holds the jobs, not Redis
+
+
+def test_while_redis_is_away_the_fleet_state_is_a_503_with_retry_after(
+    api: httpx.Client,
+) -> None:
+    fleet = get_fleet()
+    live = fleet._redis  # type: ignore[attr-defined]
+    # The same fleet, talking to a port nothing listens on: Redis down, as the API sees it.
+    dead = redis.Redis(port=free_port(), socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    object.__setattr__(fleet, "_redis", dead)
+    try:
+        response = api.get("/v1/throttle")
+    finally:
+        object.__setattr__(fleet, "_redis", live)
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "redis_unavailable"
+    assert response.headers["retry-after"] == "5"
 
 
 def test_healthz_and_readyz(services: Services) -> None:

@@ -57,7 +57,8 @@ def test_a_finished_job_is_announced_signed_to_its_endpoint_and_callback(
     api: httpx.Client, simulator: httpx.Client, hooks: Receiver
 ) -> None:
     endpoint = register(api, hooks.url, "job.succeeded")
-    secret = api.post("/v1/webhooks/callback-secret/rotate").json()["secret"]
+    secret = api.get("/v1/webhooks/callback-secret").json()["secret"]
+    assert api.get("/v1/webhooks/callback-secret").json()["secret"] == secret  # made once
     callback = hooks.url + "/callback"
     job_id = submit(api, callback_url=callback, external_id="SKU-1")
     wait_for(api, job_id, "succeeded")
@@ -174,7 +175,6 @@ def test_endpoints_only_get_the_event_types_they_asked_for(
 def test_a_batch_announces_its_completion_to_its_callback(
     api: httpx.Client, simulator: httpx.Client, hooks: Receiver
 ) -> None:
-    secret = api.post("/v1/webhooks/callback-secret/rotate").json()["secret"]
     _, url = shop_image("catalog/batch-hook.png")
     body = {
         "defaults": {"prompt": "x"},
@@ -185,6 +185,8 @@ def test_a_batch_announces_its_completion_to_its_callback(
     wait_batch(api, batch_id, "completed")
 
     [request] = hooks.wait_for(1)
+    # Never read or rotated before the delivery: the secret it was signed with is readable.
+    secret = api.get("/v1/webhooks/callback-secret").json()["secret"]
     event = verified(secret, request)
     assert event["type"] == "batch.completed"
     assert event["data"]["id"] == batch_id and event["data"]["counts"] == {"succeeded": 2}
@@ -237,13 +239,16 @@ def test_endpoints_are_managed_per_tenant(
     api: httpx.Client, make_tenant: Any, services: Services, hooks: Receiver
 ) -> None:
     endpoint = register(api, hooks.url)
-    assert api.get("/v1/webhooks/endpoints").json()[0]["secret"] is None  # shown once
+    assert api.get("/v1/webhooks/endpoints").json()[0]["secret"] is None  # not in listings
+    secret_url = f"/v1/webhooks/endpoints/{endpoint['id']}/secret"
+    assert api.get(secret_url).json()["secret"] == endpoint["secret"]
     rotated = api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/rotate-secret").json()
     assert rotated["secret"].startswith("whsec_") and rotated["secret"] != endpoint["secret"]
-    assert api.get(f"/v1/webhooks/endpoints/{endpoint['id']}/secret").status_code in (404, 405)
+    assert api.get(secret_url).json()["secret"] == rotated["secret"]
     other = make_tenant()
     with httpx.Client(base_url=services.api, headers={"x-api-key": other.key}) as theirs:
         assert theirs.get(f"/v1/webhooks/endpoints/{endpoint['id']}").status_code == 404
+        assert theirs.get(secret_url).status_code == 404
         assert theirs.get("/v1/webhooks/endpoints").json() == []
     off = api.patch(f"/v1/webhooks/endpoints/{endpoint['id']}", json={"enabled": False})
     assert off.json()["enabled"] is False
