@@ -2,7 +2,8 @@
 
 Checked by resolving the host and testing every address it resolves to with the
 standard library's ``ipaddress`` (``is_global`` covers private, loopback, link-local,
-CGNAT, multicast and reserved ranges, IPv4 and IPv6).
+CGNAT and reserved ranges, IPv4 and IPv6; multicast and IPv4 addresses wrapped in IPv6 -
+mapped, NAT64, 6to4, Teredo - are checked on top).
 """
 
 from __future__ import annotations
@@ -37,10 +38,28 @@ def _allow_list(raw: str) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
     return frozenset(hosts), tuple(networks)
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix
+
+
 def _unwrap(address: IPAddress) -> IPAddress:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+    """The IPv4 address an IPv6 one stands for (mapped, NAT64, 6to4, Teredo), else itself."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address.ipv4_mapped:
         return address.ipv4_mapped
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour:
+        return address.sixtofour
+    if address.teredo:
+        return address.teredo[1]  # (server, client): the client is where packets go
     return address
+
+
+def is_public(address: IPAddress) -> bool:
+    """Globally routable unicast, and so is any IPv4 address it wraps (``is_global`` alone
+    counts multicast as global and does not look inside 64:ff9b:: or 2002::)."""
+    return all(a.is_global and not a.is_multicast for a in (address, _unwrap(address)))
 
 
 @lru_cache(maxsize=1024)
@@ -65,13 +84,17 @@ def _checked_addresses(
     if host.lower() in hosts:
         return answers
     for answer in answers:
-        address = _unwrap(ipaddress.ip_address(answer.split("%")[0]))
-        if any(address in network for network in networks):
+        address = ipaddress.ip_address(answer.split("%")[0])
+        # Allowed as written (or IPv4-mapped): an allowed 127.0.0.1 does not allow its NAT64
+        # or 6to4 forms, which only reach it through a translator.
+        literal = getattr(address, "ipv4_mapped", None) or address
+        if any(literal in network for network in networks):
             continue
-        if not address.is_global:
+        if not is_public(address):
             raise BlockedAddress(
-                f"{host} resolves to {address}, a private, loopback or link-local address "
-                "(an operator can allow it with RELIGHTQ_OUTBOUND_ALLOW)"
+                f"{host} resolves to {address}, not a public unicast address (private, "
+                "loopback, link-local, multicast or one of those wrapped in IPv6; an "
+                "operator can allow it with RELIGHTQ_OUTBOUND_ALLOW)"
             )
     return answers
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from functools import lru_cache
 from itertools import pairwise
@@ -147,6 +148,19 @@ class Settings(BaseSettings):
                 parse(value)
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not a rate such as 1200/minute") from exc
+        return value
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _cidrs_parse(cls, value: str) -> str:
+        # A host name has no "/": an entry with one is a CIDR, and a typo in it must not
+        # quietly become a host name that matches nothing.
+        for entry in (part.strip() for part in value.split(",")):
+            if "/" in entry:
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"{entry!r} is not a CIDR such as 10.0.0.0/8") from exc
         return value
 
     @property

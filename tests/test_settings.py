@@ -44,3 +44,9 @@ def test_timeouts_out_of_order_are_refused_at_start_naming_both(
     monkeypatch.setenv("RELIGHTQ_JOB_LEASE_SECONDS", "100")
     with pytest.raises(ValidationError, match="RELIGHTQ_BROKER_VISIBILITY_TIMEOUT_SECONDS"):
         Settings()
+
+
+def test_a_mistyped_cidr_in_the_outbound_allow_list_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="10.0.0.0/33"):
+        Settings(outbound_allow="hooks.internal,10.0.0.0/33")
+    assert Settings(outbound_allow="hooks.internal, 10.0.0.0/8").outbound_allow

@@ -60,6 +60,11 @@ def http_server(status: int, headers: dict[str, str], body: bytes = b"") -> Iter
         "http://[::ffff:10.0.0.1]/x",
         "http://100.64.0.1/x",
         "http://0.0.0.0/x",
+        "http://224.0.0.1/x",  # multicast: is_global alone calls it global
+        "http://[ff02::1]/x",
+        "http://[64:ff9b::7f00:1]/x",  # NAT64 of 127.0.0.1
+        "http://[2002:7f00:1::]/x",  # 6to4 of 127.0.0.1
+        "http://[2002:a00:1::]/x",  # 6to4 of 10.0.0.1
     ],
 )
 def test_private_loopback_and_link_local_targets_are_blocked(url: str) -> None:
@@ -67,6 +72,11 @@ def test_private_loopback_and_link_local_targets_are_blocked(url: str) -> None:
         check_url(url, allow="")
     with pytest.raises(BlockedAddress), httpx.Client(transport=GuardedTransport()) as client:
         client.get(url)
+
+
+@pytest.mark.parametrize("url", ["http://8.8.8.8/x", "http://[64:ff9b::808:808]/x"])
+def test_public_unicast_targets_pass(url: str) -> None:
+    check_url(url, allow="")
 
 
 def test_an_operator_allow_list_lets_chosen_addresses_through() -> None:
