@@ -42,6 +42,7 @@ NUL_HINT = "text must not contain NUL (\\u0000) characters and numbers must fit 
 
 
 COMPAT_PREFIX = "/compat/segmind/"
+DASHBOARD_PREFIX = "/dashboard/"
 
 
 def error_response(
@@ -50,11 +51,17 @@ def error_response(
     message: str,
     fields: list[FieldProblem] | None = None,
     headers: Mapping[str, str] | None = None,
-    path: str = "",
+    request: Request | None = None,
 ) -> Response:
-    """The stable error body; under the Segmind-compatible prefix, Segmind's own shape."""
+    """The stable error body; under the Segmind-compatible prefix, Segmind's own shape,
+    and under /dashboard a page."""
+    path = request.url.path if request is not None else ""
     if path.startswith(COMPAT_PREFIX):
         return routing_error(status, message, headers)
+    if request is not None and path.startswith(DASHBOARD_PREFIX) and status >= 400:
+        from api.dashboard import error_page  # the dashboard imports the API's modules
+
+        return error_page(request, status, message)
     body = {
         "error": {
             "code": code,
@@ -70,15 +77,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RelightqError)
     async def _relightq(request: Request, exc: RelightqError) -> Response:
-        return error_response(
-            exc.status, exc.code, exc.message, exc.fields, exc.headers, request.url.path
-        )
+        return error_response(exc.status, exc.code, exc.message, exc.fields, exc.headers, request)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
         problems = field_problems(exc.errors(), allowed_for(request.url.path))
         message = "invalid input: " + ", ".join(p.field for p in problems)
-        return error_response(422, "validation_error", message, problems, path=request.url.path)
+        return error_response(422, "validation_error", message, problems, request=request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
@@ -89,7 +94,7 @@ def install_error_handlers(app: FastAPI) -> None:
             413: "payload_too_large",
         }.get(exc.status_code, "http_error")
         return error_response(
-            exc.status_code, code, str(exc.detail), headers=exc.headers, path=request.url.path
+            exc.status_code, code, str(exc.detail), headers=exc.headers, request=request
         )
 
     @app.exception_handler(OperationalError)
@@ -101,7 +106,7 @@ def install_error_handlers(app: FastAPI) -> None:
             "database_unavailable",
             "the database is unavailable; retry shortly",
             headers={"Retry-After": "5"},
-            path=request.url.path,
+            request=request,
         )
 
     @app.exception_handler(DataError)
@@ -112,7 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.info("unstorable input: %s", type(exc.orig).__name__)
         problem = FieldProblem("body", "holds a value that cannot be stored: " + NUL_HINT)
         return error_response(
-            422, "validation_error", "invalid input: body", [problem], path=request.url.path
+            422, "validation_error", "invalid input: body", [problem], request=request
         )
 
     @app.exception_handler(RedisError)
@@ -124,5 +129,5 @@ def install_error_handlers(app: FastAPI) -> None:
             "redis_unavailable",
             "the fleet's Redis is unavailable; retry shortly",
             headers={"Retry-After": "5"},
-            path=request.url.path,
+            request=request,
         )

@@ -128,10 +128,19 @@ def home() -> RedirectResponse:
 
 
 @router.get("/batches", response_class=HTMLResponse)
-def batch_list(request: Request, user: User, db: DbSession) -> HTMLResponse:
-    found, _ = batches.list_batches(db, user.tenant.id, limit=100)
+def batch_list(
+    request: Request, user: User, db: DbSession, cursor: str | None = None
+) -> HTMLResponse:
+    found, next_cursor = batches.list_batches(db, user.tenant.id, cursor=cursor, limit=50)
     views = [batches.batch_view(db, b) for b in found]
-    return _page(request, "batches.html", user, batches=views, section="batches")
+    return _page(
+        request,
+        "batches.html",
+        user,
+        batches=views,
+        next_cursor=next_cursor,
+        section="batches",
+    )
 
 
 @router.get("/progress.json")
@@ -154,6 +163,23 @@ def progress(user: User, db: DbSession, ids: str = "") -> dict[str, Any]:
             "eta": _duration(view.eta_seconds),
         }
     return answer
+
+
+ERROR_TITLES = {403: "Not allowed", 404: "Not found", 413: "Too large", 429: "Slow down"}
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """An error under /dashboard as a page, not the API's JSON (a malformed id: not found)."""
+    if status == 422:
+        status, message = 404, "Nothing here: the address is not one the dashboard made."
+    title = ERROR_TITLES.get(status, "Something went wrong")
+    page = templates.TemplateResponse(
+        request,
+        "error.html",
+        {"tenant": None, "csrf_token": "", "title": title, "message": message},
+        status_code=status,
+    )
+    return page
 
 
 def _not_found(request: Request, user: LoggedIn, what: str) -> HTMLResponse:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import Services, TenantKey
+from tests.jobs.test_end_to_end import shop_image, wait_for
 
 
 @contextmanager
@@ -44,6 +47,8 @@ def test_a_form_without_the_sessions_csrf_token_is_refused(
         page = client.get("/dashboard/throttle").text
 
     assert forged.status_code == 403
+    assert forged.headers["content-type"].startswith("text/html")  # a page, not API JSON
+    assert "stale" in forged.text
     assert 'id="fleet-state">running' in page
     assert re.search(r'name="csrf_token" value="[^"]{20,}"', page)
 
@@ -67,3 +72,58 @@ def test_logging_out_ends_the_session(services: Services, tenant: TenantKey) -> 
         assert token
         client.post("/dashboard/logout", data={"csrf_token": token.group(1)})
         assert client.get("/dashboard/batches").status_code == 303
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_the_jobs_page_shows_each_jobs_status_and_filters_by_every_status(
+    services: Services, tenant: TenantKey, api: httpx.Client, simulator: httpx.Client
+) -> None:
+    _, url = shop_image("dashboard/status.png")
+    job_id = api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
+    wait_for(api, job_id, "succeeded")
+    with logged_in(services, tenant.key) as client:
+        everything = client.get("/dashboard/jobs").text
+        succeeded = client.get("/dashboard/jobs?status=succeeded").text
+        failed = client.get("/dashboard/jobs?status=failed").text
+
+    assert re.search(r'class="status status-succeeded">succeeded<', everything)
+    assert job_id in succeeded and job_id not in failed
+    assert 'href="?status=queued"' in everything and 'href="?status=cancelled"' in everything
+
+
+def test_errors_are_pages_another_tenants_things_and_bad_ids_are_not_found(
+    services: Services, tenant: TenantKey, make_tenant: Any
+) -> None:
+    other = make_tenant()
+    with httpx.Client(base_url=services.api, headers={"x-api-key": other.key}) as theirs:
+        body = {"prompt": "x", "subject_image": "https://example.com/a.png", "priority": 0}
+        their_job = theirs.post("/v1/jobs", json=body).json()["id"]
+    with logged_in(services, tenant.key) as client:
+        token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/dashboard/jobs").text)
+        assert token
+        retry = client.post(f"/dashboard/jobs/{their_job}/retry", data={"csrf_token": token[1]})
+        malformed = client.get("/dashboard/batches/not-a-uuid")
+        manifest = client.get(f"/dashboard/batches/{uuid.uuid4()}/results.csv")
+
+    for answer in (retry, malformed, manifest):
+        assert answer.status_code == 404
+        assert answer.headers["content-type"].startswith("text/html")
+        assert "<h1>Not found</h1>" in answer.text
+
+
+def test_the_batches_page_pages_through_older_batches(
+    services: Services, tenant: TenantKey, api: httpx.Client
+) -> None:
+    item = {"subject_image": "https://example.com/a.png", "priority": 0}
+    ids = [
+        api.post("/v1/batches", json={"defaults": {"prompt": "x"}, "items": [item]}).json()["id"]
+        for _ in range(52)
+    ]
+    with logged_in(services, tenant.key) as client:
+        first = client.get("/dashboard/batches").text
+        older = re.search(r'href="\?cursor=([^"]+)" id="older"', first)
+        assert older
+        second = client.get(f"/dashboard/batches?cursor={older[1]}").text
+
+    assert ids[-1] in first and ids[0] not in first
+    assert ids[0] in second and ids[1] in second
