@@ -146,12 +146,6 @@ def add_credits(session: Session, batch_id: uuid.UUID, credits: float) -> None:
     )
 
 
-def batch_budget_spent(session: Session, batch_id: uuid.UUID) -> bool:
-    """The runner's gate before an upstream call: overshoot is at most the calls in flight."""
-    batch = session.get(Batch, batch_id)
-    return batch is not None and budget_spent(batch)
-
-
 def settle_open_batches(session: Session) -> int:
     """The sweeper's repair: settle every batch not yet completed; returns how many."""
     batch_ids = list(session.scalars(select(Batch.id).where(Batch.completed_at.is_(None))))

@@ -441,7 +441,8 @@ def cancel_batch(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) ->
     )
     session.execute(
         update(Batch)
-        .where(Batch.id == batch_id, Batch.cancelled_at.is_(None))
+        # A batch that already completed stays completed: nothing was left to cancel.
+        .where(Batch.id == batch_id, Batch.cancelled_at.is_(None), Batch.completed_at.is_(None))
         .values(cancelled_at=now, updated_at=now)
     )
     mark_completed(session, batch_id)

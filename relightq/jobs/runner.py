@@ -25,7 +25,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from relightq.batches.dispatch import BUDGET_SPENT, add_credits, batch_budget_spent, settle
+from relightq.batches.dispatch import BUDGET_SPENT, add_credits, budget_spent, settle
+from relightq.batches.models import Batch
 from relightq.db import session_scope, utcnow
 from relightq.jobs.models import (
     FINAL_STATUSES,
@@ -35,7 +36,7 @@ from relightq.jobs.models import (
     JobStatus,
     UpstreamState,
 )
-from relightq.jobs.service import output_key, publish_job
+from relightq.jobs.service import cancelled_values, output_key, publish_job
 from relightq.logs import bind, bound
 from relightq.metrics import observe_upstream
 from relightq.segmind.client import RelightResult, SegmindClient, SubjectUpload, sniff_image_type
@@ -217,20 +218,6 @@ def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
         return
     bind(tenant_id=claim_.tenant_id, batch_id=claim_.batch_id)
     log.info("job %s claimed, attempt %d", job_id, claim_.attempts)
-    if claim_.batch_id is not None:
-        with session_scope() as session:
-            spent = batch_budget_spent(session, claim_.batch_id)
-        if spent:
-            # Back to its batch, which releases nothing more until the budget is raised.
-            _finish(
-                claim_,
-                None,
-                status=JobStatus.WAITING,
-                refund=True,
-                waiting_reason=BUDGET_SPENT,
-                return_to_batch=True,
-            )
-            return
     try:
         subject = _load_subject(claim_, deps.storage)
     except (StorageError, ValueError) as exc:
@@ -249,20 +236,63 @@ def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     if not admission.admitted:
         _not_admitted(claim_, admission, deps)
         return
+    # The batch is read once the slot is ours, just before the call: a cancel or a spent
+    # budget while the item waited for its slot stops it here, so a cancelled batch makes
+    # no more calls and a budget is overshot by at most the calls already in flight.
+    stop = _batch_stops(claim_) if claim_.batch_id is not None else None
+    if stop is not None:
+        deps.fleet.release(slot)
+        stop()
+        return
     started = utcnow()
     clock = time.monotonic()
     try:
-        result = deps.client.relight(params, subject)
-    except SegmindError as exc:
-        observe_upstream(time.monotonic() - clock, exc.status, exc.code)
-        _handle_upstream_error(claim_, CallRecord(started, exc.status, exc), deps)
-        return
+        try:
+            result = deps.client.relight(params, subject)
+        except SegmindError as exc:
+            observe_upstream(time.monotonic() - clock, exc.status, exc.code)
+            _handle_upstream_error(claim_, CallRecord(started, exc.status, exc), deps)
+            return
+        observe_upstream(time.monotonic() - clock, 200, None)
+        _succeed(claim_, result, deps, CallRecord(started, 200))
     finally:
-        # Whatever happens, including an unexpected error: a slot this process keeps
-        # would be renewed by its heartbeat forever and shrink the fleet's cap.
+        # Freed once the outcome is recorded, so the next call to take this slot sees the
+        # credits its batch spent and the pause a 406 asked for. And freed whatever
+        # happens: a slot this process kept would be renewed by its heartbeat forever.
         deps.fleet.release(slot)
-    observe_upstream(time.monotonic() - clock, 200, None)
-    _succeed(claim_, result, deps, CallRecord(started, 200))
+
+
+def _batch_stops(claim_: Claim) -> Callable[[], None] | None:
+    """What to do instead of the call if the item's batch was cancelled or its budget spent."""
+    assert claim_.batch_id is not None
+    with session_scope() as session:
+        batch = session.get(Batch, claim_.batch_id)
+        cancelled = batch is not None and batch.cancelled_at is not None
+        spent = batch is not None and budget_spent(batch)
+    if cancelled:
+        return lambda: _cancel_claimed(claim_)
+    if spent:
+        # Back to its batch, which releases nothing more until the budget is raised.
+        return lambda: _finish(
+            claim_,
+            None,
+            status=JobStatus.WAITING,
+            refund=True,
+            waiting_reason=BUDGET_SPENT,
+            return_to_batch=True,
+        )
+    return None
+
+
+def _cancel_claimed(claim_: Claim) -> None:
+    """Cancel a job this worker holds but has not called Segmind for (its attempt refunded)."""
+    values = cancelled_values(utcnow())
+    del values["updated_at"]  # the owned update sets it
+    with session_scope() as session:
+        done = session.execute(_owned_update(claim_, attempts=Job.attempts - 1, **values))
+        if done.rowcount and claim_.batch_id:  # type: ignore[attr-defined]
+            settle(session, claim_.batch_id)
+    log.info("job %s -> cancelled with its batch, before any call", claim_.job_id)
 
 
 def wait_for_slot(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -14,6 +17,7 @@ from relightq.db import session_scope
 from relightq.jobs.models import Job, JobStatus, held_by_batch
 from relightq.jobs.sweeper import sweep
 from relightq.settings import get_settings
+from relightq.throttle.service import get_fleet
 from tests.batches.helpers import csv_file, manifest, wait_batch
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import shop_image, wait_for
@@ -193,3 +197,59 @@ def test_the_sweeper_releases_what_a_missed_settle_left_held(
     api.post(f"/v1/batches/{batch_id}/cancel").raise_for_status()
     ops.post("/v1/throttle/resume").raise_for_status()
     ops.close()
+
+
+@contextmanager
+def slots_held(count: int) -> Iterator[None]:
+    """Hold ``count`` of the fleet's slots, so the worker's claimed items queue for the rest."""
+    fleet = get_fleet()
+    tokens = [f"test-{uuid.uuid4()}" for _ in range(count)]
+    try:
+        for token in tokens:
+            assert fleet.acquire(token).admitted
+        yield
+    finally:
+        for token in tokens:
+            fleet.release(token)
+
+
+def test_items_waiting_for_a_slot_when_the_budget_runs_out_make_no_call(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    simulator.post("/admin/config", json={"latency": 1.0}).raise_for_status()
+    with slots_held(get_settings().max_concurrent_calls - 1):
+        batch_id = submit_catalog(api, 12, credit_budget="0.03")  # less than one call
+        wait_batch(api, batch_id, "waiting", timeout=30)
+        wait_until(lambda: api.get(f"/v1/batches/{batch_id}").json()["counts"]["running"] == 0)
+
+    # One call was on the wire; the items that waited behind it for a slot did not follow.
+    assert simulator.get("/admin/stats").json()["calls"] == 1
+    assert attempts_spent(batch_id) == 1
+
+
+def test_cancelling_a_batch_stops_items_waiting_for_a_slot_before_their_call(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    simulator.post("/admin/config", json={"latency": 1.5}).raise_for_status()
+    with slots_held(get_settings().max_concurrent_calls - 1):
+        batch_id = submit_catalog(api, 12)
+        wait_until(lambda: simulator.get("/admin/stats").json()["in_flight"] == 1)
+        wait_until(lambda: api.get(f"/v1/batches/{batch_id}").json()["counts"]["running"] > 1)
+        api.post(f"/v1/batches/{batch_id}/cancel").raise_for_status()
+
+    wait_until(lambda: api.get(f"/v1/batches/{batch_id}").json()["completed_at"] is not None)
+    counts = api.get(f"/v1/batches/{batch_id}").json()["counts"]
+    assert (counts["succeeded"], counts["cancelled"]) == (1, 11), counts
+    time.sleep(0.5)
+    assert simulator.get("/admin/stats").json()["calls"] == 1  # nothing ran after the cancel
+
+
+def test_cancelling_a_completed_batch_leaves_it_completed(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    batch_id = submit_catalog(api, 2)
+    wait_batch(api, batch_id, "completed")
+
+    answer = api.post(f"/v1/batches/{batch_id}/cancel")
+
+    assert answer.status_code == 200 and answer.json()["status"] == "completed"
