@@ -333,6 +333,15 @@ def _output_template(
     allowed = ALLOWED["key_template"]
     if len(sample.encode()) - len(prefix.split("/", 3)[0]) > MAX_KEY_BYTES + 16:
         return None, FieldProblem("key_template", "makes a key longer than 1024 bytes", allowed)
+    segments = sample[len(prefix) :].split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
+        # Legal in S3, but clients and browsers resolve "../" in the presigned URL and
+        # fetch another key: refused before any credit is spent on it.
+        return None, FieldProblem(
+            "key_template",
+            f"gives a key with an empty, '.' or '..' path segment ({sample})",
+            allowed,
+        )
     if "{index}" not in key and request.number_of_images > 1:
         return None, FieldProblem(
             "key_template", "needs {index} when number_of_images is more than 1", allowed
@@ -342,7 +351,7 @@ def _output_template(
         return None, FieldProblem(
             "key_template",
             f"gives the same output key as row {first} ({sample}); "
-            "make external_id unique or add {row} or {source_name} to key_template",
+            "make external_id unique or add {row} or {source_key} to key_template",
             allowed,
         )
     return template, None

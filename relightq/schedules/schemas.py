@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from relightq.batches.schemas import (
     ITEM_ONLY_FIELDS,
@@ -16,6 +16,7 @@ from relightq.batches.schemas import (
     check_s3_prefix,
     validate_defaults,
 )
+from relightq.jobs.schemas import JobOptions
 from relightq.schedules.models import Overlap, RunStatus
 
 ALLOWED: dict[str, str] = {
@@ -28,7 +29,11 @@ ALLOWED: dict[str, str] = {
 
 
 def check_cron(value: str) -> str:
-    """A cron expression cronsim can step through."""
+    """A five-field cron expression cronsim can step through."""
+    # cronsim also reads a sixth field as seconds: "0 0 3 * * *" would fire every minute
+    # of 03:00 instead of once, so only the standard five fields are taken.
+    if len(value.split()) != 5:
+        raise ValueError("must have five fields: minute hour day-of-month month day-of-week")
     try:
         CronSim(value, datetime.now(UTC))
     except (CronSimError, ValueError) as exc:
@@ -43,6 +48,15 @@ def check_timezone(value: str) -> str:
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError("is not an IANA time zone") from exc
     return value
+
+
+def job_field_problems(fields: dict[str, Any]) -> list[str]:
+    """What is wrong with ``fields`` as a whole job's options, one "field: why" each."""
+    try:
+        JobOptions.model_validate(fields)
+    except ValidationError as exc:
+        return [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    return []
 
 
 def _job_fields(value: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +90,16 @@ class ReprocessPrefix(BatchSettings):
     @classmethod
     def _source_is_s3(cls, value: str) -> str:
         check_s3_prefix(value)
+        return value
+
+    @field_validator("defaults")
+    @classmethod
+    def _defaults_make_whole_jobs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Objects below a prefix bring only their image: the prompt and every other field
+        # come from here, so what would fail every run fails now instead.
+        problems = job_field_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
 

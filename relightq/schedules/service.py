@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from relightq.batches.models import Batch
+from relightq.batches.models import Batch, BatchReject
 from relightq.batches.schemas import BatchSettings
 from relightq.batches.service import batch_view, create_batch
 from relightq.batches.sources import RawItem, json_items, prefix_items
@@ -480,11 +480,17 @@ def _reprocess_prefix(
     if spec.name is None:
         spec.name = f"{schedule.name} {run.scheduled_for:%Y-%m-%d %H:%M}Z"
     batch = _new_batch(session, schedule, run, spec, action.source, iter(items), storage, settings)
+    # Only what became a job is remembered: a rejected object (a key collision, say) is
+    # offered again next run, once the schedule is fixed, not skipped as "unchanged".
+    rejected = set(
+        session.scalars(select(BatchReject.subject_image).where(BatchReject.batch_id == batch.id))
+    )
+    sent = [o for o in changed if o.uri not in rejected]
     now = utcnow()
-    for start in range(0, len(changed), ACTION_CHUNK):
+    for start in range(0, len(sent), ACTION_CHUNK):
         rows = [
             {"schedule_id": schedule.id, "key": o.key, "etag": o.etag, "seen_at": now}
-            for o in changed[start : start + ACTION_CHUNK]
+            for o in sent[start : start + ACTION_CHUNK]
         ]
         statement = insert(ScheduleObject).values(rows)
         session.execute(

@@ -262,6 +262,24 @@ def test_colliding_output_keys_are_row_errors(api: httpx.Client, tenant: TenantK
     assert problem["field"] == "rows[2].key_template" and "row 1" in problem["message"]
 
 
+def test_an_output_key_with_dot_dot_segments_is_a_row_error(
+    api: httpx.Client, tenant: TenantKey
+) -> None:
+    items = [
+        {"subject_image": "https://e.com/a.png", "external_id": "ok"},
+        {"subject_image": "https://e.com/b.png", "external_id": "../../inputs/OTHER/x"},
+        {"subject_image": "https://e.com/c.png", "external_id": "a//b"},
+    ]
+    body = {"items": items, "defaults": {"prompt": "x"}, "key_template": "{external_id}.{ext}"}
+
+    response = api.post("/v1/batches", json=body)
+
+    assert response.status_code == 422
+    fields = [p["field"] for p in response.json()["error"]["fields"]]
+    assert fields == ["rows[2].key_template", "rows[3].key_template"]
+    assert _jobs_of(tenant) == 0
+
+
 def test_another_tenants_batch_is_not_found(
     api: httpx.Client, make_tenant: Any, services: Any
 ) -> None:

@@ -129,6 +129,30 @@ def test_reprocessing_a_prefix_sends_only_new_or_changed_objects(
     assert third["batches"] == [] and third["status"] == "succeeded"
 
 
+def test_an_object_rejected_by_a_run_is_offered_again_once_the_schedule_is_fixed(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    prefix = f"collide-{uuid.uuid4().hex[:6]}"
+    shop_image(f"{prefix}/a/mug.png")
+    shop_image(f"{prefix}/b/mug.png")
+    action = {
+        "type": "reprocess_prefix",
+        "source": f"s3://{SHOP_BUCKET}/{prefix}/",
+        "defaults": {"prompt": "spring"},
+        "key_template": "{source_name}.{ext}",  # both objects render mug.webp
+    }
+    schedule = create(api, action)
+
+    first = api.post(f"/v1/schedules/{schedule['id']}/run").json()
+    wait_batch(api, str(first["batches"][0]["id"]), "completed")  # else overlap skips
+    fixed = {**action, "key_template": "{source_key}/{index}.{ext}"}
+    api.patch(f"/v1/schedules/{schedule['id']}", json={"action": fixed}).raise_for_status()
+    second = api.post(f"/v1/schedules/{schedule['id']}/run").json()
+
+    assert first["summary"]["items"] == 1 and first["summary"]["rejected"] == 1
+    assert second["summary"]["items"] == 1 and second["summary"]["unchanged"] == 1
+
+
 def test_overlap_skip_and_queue(api: httpx.Client, simulator: httpx.Client) -> None:
     simulator.post("/admin/config", json={"latency": 0.3}).raise_for_status()
     batch_id = small_batch(api, count=12)
@@ -243,8 +267,29 @@ def test_the_beat_tick_task_fires_due_schedules_through_the_worker(
             "action.retry_failed.window_hours",
         ),
         (
-            {"action": {"type": "reprocess_prefix", "source": "s3://no-such-bucket/x/"}},
+            {
+                "action": {
+                    "type": "reprocess_prefix",
+                    "source": "s3://no-such-bucket/x/",
+                    "defaults": {"prompt": "x"},
+                }
+            },
             "action.source",
+        ),
+        ({"cron": "0 0 3 * * *"}, "cron"),  # six fields: cronsim would read seconds
+        (
+            {"action": {"type": "reprocess_prefix", "source": "s3://b/x/", "defaults": {}}},
+            "action.reprocess_prefix.defaults",  # no prompt: every run would fail
+        ),
+        (
+            {
+                "action": {
+                    "type": "reprocess_prefix",
+                    "source": "s3://b/x/",
+                    "defaults": {"prompt": "x", "cfg": 100},
+                }
+            },
+            "action.reprocess_prefix.defaults",
         ),
     ],
 )
