@@ -17,6 +17,7 @@ from api.bodies import read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
 from api.idempotency import key_of, remember, replay_or_claim
 from api.waiting import prefer_wait, wait_for_job
+from relightq.db import session_scope
 from relightq.errors import (
     NUL_MESSAGE,
     FieldProblem,
@@ -150,9 +151,17 @@ async def create_job(
     # Prefer: wait=N (RFC 7240, as Replicate): the final job within N s, else the 202.
     response.headers["Preference-Applied"] = f"wait={wait}"
     done = await wait_for_job(tenant.id, job.id, wait)
+    final = service.job_view(done, storage)
     if done.status in FINAL_STATUSES:
         response.status_code = 200
-    return service.job_view(done, storage)
+        # A retry with the same key must get this answer, not the 202 stored with the job.
+        await run_in_threadpool(_remember_again, tenant.id, key, final, location)
+    return final
+
+
+def _remember_again(tenant_id: uuid.UUID, key: str | None, answer: JobOut, location: str) -> None:
+    with session_scope() as session:
+        remember(session, tenant_id, key, 200, answer, location)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="One job, with presigned output URLs")

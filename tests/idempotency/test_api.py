@@ -17,6 +17,7 @@ from relightq.idempotency.models import IdempotencyKey
 from relightq.jobs.models import Job
 from tests.batches.helpers import csv_file
 from tests.conftest import Services, TenantKey
+from tests.jobs.test_end_to_end import shop_image
 from tests.support.images import product_png
 
 JOB = {"prompt": "x", "subject_image": "https://example.com/a.png"}
@@ -46,6 +47,24 @@ def test_the_same_key_and_body_get_the_first_answer_and_one_job(
     assert again.headers["location"] == first.headers["location"]
     assert again.headers["idempotent-replayed"] == "true"
     assert "idempotent-replayed" not in first.headers
+    assert jobs_of(tenant) == 1
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_a_replay_of_a_request_that_waited_gets_the_final_answer_it_got(
+    api: httpx.Client, tenant: TenantKey, simulator: httpx.Client
+) -> None:
+    _, url = shop_image("idempotency/waited.png")
+    body = {"prompt": "x", "subject_image": url}
+    headers = {"Idempotency-Key": str(uuid.uuid4()), "Prefer": "wait=20"}
+
+    first = api.post("/v1/jobs", json=body, headers=headers)
+    again = api.post("/v1/jobs", json=body, headers=headers)
+
+    assert first.status_code == again.status_code == 200
+    assert first.json()["status"] == again.json()["status"] == "succeeded"
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
     assert jobs_of(tenant) == 1
 
 
