@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from relightq.settings import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
@@ -186,6 +188,15 @@ def test_app_services_share_the_relightq_environment() -> None:
     assert services()["api"]["environment"]["RELIGHTQ_SEGMIND_API_KEY"] == (
         "${RELIGHTQ_SEGMIND_API_KEY:-}"
     )
+
+
+def test_every_setting_can_be_set_from_the_host() -> None:
+    # Set in the file, or a bare key that compose fills from the host's environment (or
+    # .env) when it is set there, leaving relightq's own default when it is not.
+    env = services()["api"]["environment"]
+    settable = {f"RELIGHTQ_{name.upper()}" for name in Settings.model_fields}
+    assert settable - set(env) == {"RELIGHTQ_LOCAL_STORAGE_DIR"}  # the demo's, not compose's
+    assert env["RELIGHTQ_OUTBOUND_ALLOW"] is None and env["RELIGHTQ_RATE_LIMIT"] is None
 
 
 def test_workers_serve_their_own_metrics() -> None:
