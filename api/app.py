@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from prometheus_client import REGISTRY, make_asgi_app
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from api import batches, compat, dashboard, jobs, schedules, throttle, triggers, webhooks
@@ -45,7 +45,11 @@ def create_app() -> FastAPI:
     app.include_router(dashboard.router)
     app.include_router(throttle.router)
     _register_fleet_metrics()
-    app.mount("/metrics", make_asgi_app())
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response)
+    def metrics() -> Response:
+        # A route rather than a mounted app: a mount answers /metrics with a 307 to /metrics/.
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["ops"], summary="The process is up")
     def healthz() -> dict[str, str]:

@@ -70,6 +70,8 @@ def field_problems(errors: Any, allowed: dict[str, str]) -> list[FieldProblem]:
             if part not in ("body", "query", "path", "header")
         ]
         name = ".".join(loc) or "body"
+        if error.get("type") == "json_invalid":
+            name = "body"  # FastAPI locates a JSON syntax error by character offset
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "missing":
             message = "is required"

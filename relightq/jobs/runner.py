@@ -342,7 +342,12 @@ def _handle_upstream_error(claim_: Claim, call: CallRecord, deps: RunnerDeps) ->
             call,
             status=JobStatus.FAILED,
             code=exc.code,
-            message=f"Segmind answered {exc.status}: {exc.message}",
+            # Refused by Segmind (with its status), or by relightq about Segmind's answer.
+            message=(
+                f"Segmind answered {exc.status}: {exc.message}"
+                if exc.status is not None
+                else exc.message
+            ),
         )
     elif isinstance(exc, SegmindOutOfCredits | SegmindUnauthorized):
         # Not the job's fault: the whole fleet pauses and the job waits for the resume.

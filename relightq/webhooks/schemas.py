@@ -19,6 +19,8 @@ ALLOWED: dict[str, str] = {
     "endpoint_id": "a webhook endpoint id (UUID)",
     "event_id": "an event id (UUID)",
     "delivery_id": "a delivery id (UUID)",
+    "status": "pending, sending, delivered or failed",
+    "type": "one of " + ", ".join(t.value for t in EventType),
     "limit": "an integer from 1 to 200",
     "cursor": "a next_cursor value from a previous page",
 }

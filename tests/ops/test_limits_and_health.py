@@ -101,7 +101,9 @@ def test_metrics_show_jobs_upstream_calls_throttle_queue_and_credits(
 ) -> None:
     wait_for(api, submit_photo(api, "catalog/metrics.png"), "succeeded")
 
-    text = httpx.get(f"{services.api}/metrics/").text
+    scrape = httpx.get(f"{services.api}/metrics")  # no redirect to /metrics/
+    assert scrape.status_code == 200 and scrape.headers["content-type"].startswith("text/plain")
+    text = scrape.text
 
     for needle in (
         'relightq_jobs{status="succeeded"}',

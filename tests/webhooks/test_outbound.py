@@ -254,3 +254,17 @@ def test_endpoints_are_managed_per_tenant(
     assert off.json()["enabled"] is False
     assert api.delete(f"/v1/webhooks/endpoints/{endpoint['id']}").status_code == 204
     assert api.get(f"/v1/webhooks/endpoints/{uuid.uuid4()}").status_code == 404
+
+
+def test_bad_requests_name_the_body_or_the_filter_with_its_own_allowed_values(
+    api: httpx.Client,
+) -> None:
+    broken = api.post(
+        "/v1/webhooks/endpoints", content=b'{"url": ', headers={"content-type": "application/json"}
+    )
+    bogus = api.get("/v1/webhooks/deliveries", params={"status": "bogus"})
+
+    assert broken.status_code == 422
+    assert [f["field"] for f in broken.json()["error"]["fields"]] == ["body"]
+    [problem] = bogus.json()["error"]["fields"]
+    assert problem["field"] == "status" and "delivered" in problem["allowed"]
