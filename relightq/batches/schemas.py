@@ -55,7 +55,7 @@ class BatchSettings(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     output_prefix: str | None = Field(default=None, max_length=1024)
     key_template: str | None = Field(default=None, max_length=1024)
-    credit_budget: float | None = Field(default=None, gt=0)
+    credit_budget: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     skip_invalid: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
     # Told batch.completed (signed like every relightq webhook).
@@ -196,4 +196,4 @@ class BatchUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    credit_budget: float | None = Field(gt=0)
+    credit_budget: float | None = Field(gt=0, allow_inf_nan=False)

@@ -422,7 +422,8 @@ def batch_view(session: Session, batch: Batch) -> BatchOut:
         progress=round(final / batch.total, 4) if batch.total else 1.0,
         credits_used=batch.credits_used,
         credit_budget=batch.credit_budget,
-        eta_seconds=None if eta is None else round(eta, 1),
+        # No time left to promise while the batch waits for a budget or a resume.
+        eta_seconds=None if eta is None or status == BatchStatus.WAITING else round(eta, 1),
         items_per_minute=None if per_minute is None else round(per_minute, 2),
         defaults=batch.defaults,
         output_prefix=batch.output_prefix,

@@ -85,6 +85,11 @@ def csv_items(binary: IO[bytes]) -> Iterator[RawItem]:
         problems.append(
             FieldProblem("columns", f"unknown columns: {', '.join(unknown)}", ALLOWED["columns"])
         )
+    repeated = sorted({name for name in columns if columns.count(name) > 1})
+    if repeated:  # which of two "prompt" cells would win is nobody's guess
+        problems.append(
+            FieldProblem("columns", f"repeated columns: {', '.join(repeated)}", ALLOWED["columns"])
+        )
     if "subject_image" not in columns:
         problems.append(
             FieldProblem("columns", "a subject_image column is required", ALLOWED["columns"])

@@ -378,3 +378,23 @@ def test_a_prefix_without_images_is_a_422(api: httpx.Client, tenant: TenantKey) 
     assert response.status_code == 422
     [problem] = response.json()["error"]["fields"]
     assert problem["field"] == "items" and "no items" in problem["message"]
+
+
+def test_a_repeated_column_or_an_infinite_budget_is_refused(
+    api: httpx.Client, tenant: TenantKey
+) -> None:
+    repeated = api.post(
+        "/v1/batches",
+        files={"file": ("c.csv", b"subject_image,prompt,prompt\nhttps://e.com/a.png,x,y\n")},
+    )
+    infinite = api.post(
+        "/v1/batches",
+        content=b'{"defaults": {"prompt": "x"}, "items": [], "credit_budget": 1e309}',
+        headers={"content-type": "application/json"},
+    )
+
+    assert repeated.status_code == 422
+    assert "repeated columns: prompt" in repeated.json()["error"]["fields"][0]["message"]
+    assert infinite.status_code == 422
+    assert [f["field"] for f in infinite.json()["error"]["fields"]] == ["credit_budget"]
+    assert _jobs_of(tenant) == 0
