@@ -47,6 +47,6 @@ def test_timeouts_out_of_order_are_refused_at_start_naming_both(
 
 
 def test_a_mistyped_cidr_in_the_outbound_allow_list_is_refused_at_start() -> None:
-    with pytest.raises(ValidationError, match="10.0.0.0/33"):
+    with pytest.raises(ValidationError, match=r"10\.0\.0\.0/33"):
         Settings(outbound_allow="hooks.internal,10.0.0.0/33")
     assert Settings(outbound_allow="hooks.internal, 10.0.0.0/8").outbound_allow
