@@ -181,6 +181,8 @@ def deployment(workdir: Path, workers: int = 2, **settings: str) -> Iterator[Dep
         RELIGHTQ_SWEEP_INTERVAL_SECONDS="1",
         RELIGHTQ_SWEEP_GRACE_SECONDS="3",
         RELIGHTQ_WORKER_CONCURRENCY="8",
+        # The harness polls every job several times a second: far past a client's limit.
+        RELIGHTQ_RATE_LIMIT="1000000/minute",
     )
     env.update({f"RELIGHTQ_{k.upper()}": v for k, v in settings.items()})
     d = Deployment(
