@@ -42,7 +42,9 @@ def check_cron(value: str) -> str:
 
 
 def check_timezone(value: str) -> str:
-    """An IANA zone name."""
+    """An IANA zone name (not the host's own "localtime" or tzdata's "posixrules")."""
+    if value in ("localtime", "posixrules"):
+        raise ValueError("is not an IANA time zone")
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -142,6 +144,14 @@ class ScheduleUpdate(BaseModel):
     timezone: str | None = Field(default=None, max_length=64)
     action: Action | None = None
     overlap: Overlap | None = None
+
+    @field_validator("name", "cron", "timezone", "action", "overlap", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Leaving a field out keeps it; null would otherwise read as "keep" too, quietly.
+        if value is None:
+            raise ValueError("cannot be null; leave the field out to keep it")
+        return value
 
     @field_validator("cron")
     @classmethod

@@ -259,6 +259,7 @@ def test_the_beat_tick_task_fires_due_schedules_through_the_worker(
         ({"cron": "every night"}, "cron"),
         ({"cron": "61 * * * *"}, "cron"),
         ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": "localtime"}, "timezone"),  # the host's zone, not an IANA name
         ({"overlap": "maybe"}, "overlap"),
         ({"action": {"type": "rerun_batch", "batch_id": str(uuid.uuid4())}}, "action.batch_id"),
         ({"action": {"type": "explode"}}, "action"),
@@ -308,3 +309,13 @@ def test_bad_schedules_name_the_field_and_store_nothing(
     fields = [f["field"] for f in response.json()["error"]["fields"]]
     assert any(f.startswith(field) for f in fields), fields
     assert api.get("/v1/schedules").json() == []
+
+
+def test_patching_a_field_to_null_is_refused_not_ignored(api: httpx.Client) -> None:
+    schedule = create(api, {"type": "retry_failed", "window_hours": 1})
+
+    answer = api.patch(f"/v1/schedules/{schedule['id']}", json={"cron": None})
+
+    assert answer.status_code == 422
+    assert [f["field"] for f in answer.json()["error"]["fields"]] == ["cron"]
+    assert api.get(f"/v1/schedules/{schedule['id']}").json()["cron"] == schedule["cron"]
