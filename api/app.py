@@ -12,6 +12,7 @@ from api import batches, compat, dashboard, jobs, schedules, throttle, triggers,
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.nul import RefuseNul
+from api.request_log import RequestLog
 from relightq.db import get_engine
 from relightq.metrics import FleetStateCollector
 from relightq.settings import get_settings
@@ -35,6 +36,7 @@ def create_app() -> FastAPI:
         # Catalog files may be far bigger than any other request; they are spooled to disk.
         upload_paths={"/v1/batches": settings.max_batch_upload_bytes},
     )
+    app.add_middleware(RequestLog)  # outermost: it times and logs what the others answer
     install_error_handlers(app)
     app.include_router(jobs.router)
     app.include_router(batches.router)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from relightq.db import get_sessionmaker
 from relightq.errors import Unauthorized
+from relightq.logs import note
 from relightq.storage import Storage, get_storage
 from relightq.tenants.models import Tenant
 from relightq.tenants.ratelimit import check_rate
@@ -48,6 +49,7 @@ def tenant_for_key(db: Session, key: str | None) -> Tenant:
     if tenant is None or key is None:
         raise Unauthorized
     check_rate(key)
+    note(tenant_id=tenant.id)
     return tenant
 
 

@@ -38,7 +38,15 @@ def api(
     import uvicorn
 
     _logging()
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, proxy_headers=True)
+    # relightq's own request line (api/request_log.py) replaces uvicorn's access log.
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        proxy_headers=True,
+        access_log=False,
+    )
 
 
 @app.command()

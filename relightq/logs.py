@@ -40,6 +40,32 @@ def bind(**ids: object) -> None:
     _context.set({**_context.get(), **{k: str(v) for k, v in ids.items() if v}})
 
 
+# One mutable dict per API request: ``note`` fills it from wherever the request's work
+# runs (a dependency in a worker thread gets a copy of the context, not of the dict), so
+# the request's own log line can carry the tenant found while serving it.
+_request: ContextVar[dict[str, str] | None] = ContextVar("relightq_log_request", default=None)
+
+
+@contextmanager
+def request_scope() -> Iterator[dict[str, str]]:
+    """Collect ids noted while serving one request; yields them."""
+    ids: dict[str, str] = {}
+    token = _request.set(ids)
+    try:
+        yield ids
+    finally:
+        _request.reset(token)
+
+
+def note(**ids: object) -> None:
+    """Add ids to the current request's lines (or, outside a request, like ``bind``)."""
+    request = _request.get()
+    if request is None:
+        bind(**ids)
+    else:
+        request.update({k: str(v) for k, v in ids.items() if v})
+
+
 def _secret_values() -> list[str]:
     from relightq.settings import get_settings
 
@@ -59,7 +85,7 @@ class ContextFilter(logging.Filter):
     """Adds the bound ids to the record and redacts its message (and traceback)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        context = _context.get()
+        context = {**_context.get(), **(_request.get() or {})}
         for name in CONTEXT_FIELDS:
             setattr(record, name, context.get(name, ""))
         record.msg = redact(record.getMessage())
