@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.batches.helpers import wait_batch
@@ -68,7 +69,20 @@ def press(browser: WebDriver, element_id: str) -> None:
     """Click a form's button and wait until the page it leads to has replaced this one."""
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.ID, element_id).click()
-    WebDriverWait(browser, 20).until(staleness_of(page))
+    WebDriverWait(browser, 20).until(lambda _: replaced(page))
+
+
+def replaced(page: WebElement) -> bool:
+    """``staleness_of``, also for the answer Chromium gives when asked mid-navigation."""
+    try:
+        page.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" in str(exc):
+            return True
+        raise
+    return False
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 20) -> None:
