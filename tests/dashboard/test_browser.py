@@ -191,10 +191,10 @@ def test_a_job_page_shows_attempts_errors_deliveries_and_a_retry_button(
 
     browser.get(f"{services.api}/dashboard/jobs/{job_id}")
     assert browser.find_element(By.ID, "job-status").text == "failed"
-    assert (
-        "500" in browser.find_element(By.ID, "job-error").text
-        or browser.find_element(By.ID, "job-error").text
-    )
+    error = browser.find_element(By.ID, "job-error").text
+    assert "segmind_unavailable" in error and "Internal server error" in error
+    params = browser.find_element(By.ID, "job-params").text
+    assert "prompt x" in params and "light_source" in params and "output_format webp" in params
     attempts = browser.find_elements(By.CSS_SELECTOR, "#attempts tbody tr")
     assert len(attempts) == 3 and "500" in attempts[0].text
     deliveries = browser.find_element(By.ID, "deliveries").text
