@@ -58,7 +58,7 @@ def test_the_segmind_key_never_appears_in_logs_records_errors_or_responses(
         api.get(f"/v1/jobs/{refused}").text,
         api.get("/v1/jobs").text,
         api.get("/v1/throttle").text,
-        httpx.get(f"{services.api}/metrics/").text,
+        httpx.get(f"{services.api}/metrics").text,
         httpx.get(f"{services.api}/openapi.json").text,
     ]
     logs = real_key.getvalue()
@@ -68,7 +68,7 @@ def test_the_segmind_key_never_appears_in_logs_records_errors_or_responses(
         SEGMIND_KEY not in r.getMessage() for r in caplog.records if r.name != "relightq.test"
     )
     for answer in answers:
-        assert SEGMIND_KEY not in answer
+        assert answer and SEGMIND_KEY not in answer  # a real body (no redirect), no key
     with httpx.Client(base_url=services.api, headers={"x-api-key": operator.key}) as ops:
         ops.post("/v1/throttle/resume").raise_for_status()
 
