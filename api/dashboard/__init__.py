@@ -139,13 +139,18 @@ def batch_list(
         user,
         batches=views,
         next_cursor=next_cursor,
+        # Only the first page can tell that newer batches exist: it shows the newest.
+        first_page=cursor is None,
         section="batches",
     )
 
 
 @router.get("/progress.json")
-def progress(user: User, db: DbSession, ids: str = "") -> dict[str, Any]:
+def progress(user: User, db: DbSession, ids: str = "", newest: str | None = None) -> dict[str, Any]:
     answer: dict[str, Any] = {}
+    if newest is not None:
+        # How many batches the list page has not shown: submitted since it loaded.
+        answer["newer_batches"] = batches.count_newer(db, user.tenant.id, newest)
     for raw in ids.split(",")[:100]:
         try:
             batch = batches.get_batch(db, user.tenant.id, uuid.UUID(raw))

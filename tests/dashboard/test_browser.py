@@ -145,6 +145,33 @@ def test_batches_show_live_progress_and_counts(
     wait_until(lambda: row.find_element(By.CSS_SELECTOR, '[data-field="succeeded"]').text == "16")
     assert row.find_element(By.CSS_SELECTOR, '[data-field="status"]').text == "completed"
 
+    notice = browser.find_element(By.ID, "new-batches")
+    assert not notice.is_displayed()
+    catalog_batch(api, 1)  # submitted after the page loaded: the page says so by itself
+    wait_until(notice.is_displayed)
+
+
+def test_a_batch_page_offers_retry_as_soon_as_an_item_fails(
+    browser: WebDriver,
+    services: Services,
+    tenant: TenantKey,
+    api: httpx.Client,
+    simulator: httpx.Client,
+) -> None:
+    simulator.post("/admin/config", json={"latency": 1.0}).raise_for_status()
+    batch_id = catalog_batch(api, 12)
+    log_in(browser, services, tenant.key)
+    browser.get(f"{services.api}/dashboard/batches/{batch_id}")
+    button = browser.find_element(By.ID, "retry-failed")
+    assert not button.is_displayed()  # nothing has failed yet
+
+    simulator.post("/admin/config", json={"fail_500_rate": 1.0}).raise_for_status()
+    wait_until(button.is_displayed, timeout=60)  # no reload
+    simulator.post("/admin/config", json={"fail_500_rate": 0.0}).raise_for_status()
+    wait_batch(api, batch_id, "completed")
+    press(browser, "retry-failed")
+    assert wait_batch(api, batch_id, "completed")["counts"]["succeeded"] == 12
+
 
 def test_a_batch_page_shows_before_and_after_and_retries_its_failures(
     browser: WebDriver,

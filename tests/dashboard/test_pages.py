@@ -127,3 +127,6 @@ def test_the_batches_page_pages_through_older_batches(
 
     assert ids[-1] in first and ids[0] not in first
     assert ids[0] in second and ids[1] in second
+    # Only the first page shows the newest batch, so only it watches for newer ones.
+    assert f'data-newest="{ids[-1]}"' in first and 'id="new-batches"' in first
+    assert "data-newest" not in second and 'id="new-batches"' not in second
