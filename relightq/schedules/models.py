@@ -89,3 +89,6 @@ class ScheduleObject(Base):
     key: Mapped[str] = mapped_column(Text, primary_key=True)
     etag: Mapped[str] = mapped_column(String(128))
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The job it became: one that failed or was cancelled does not make the object "seen".
+    # No foreign key: jobs are never deleted by relightq, and a missing one counts as done.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(default=None)

@@ -24,6 +24,7 @@ ALLOWED: dict[str, str] = {
     "timezone": "an IANA time zone, e.g. Europe/Paris or UTC",
     "action": "rerun_batch, reprocess_prefix or retry_failed (see the docs)",
     "overlap": "skip or queue",
+    "source": "s3://bucket/prefix/ in your bucket, or under your own inputs/ or outputs/",
     "name": "text up to 200 characters",
 }
 

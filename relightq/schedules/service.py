@@ -17,7 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -54,13 +54,20 @@ from relightq.storage import Storage, StorageError, StoredObject, parse_s3_prefi
 log = logging.getLogger(__name__)
 
 ACTION_CHUNK = 2000
+# A prefix object whose job ended so was not relit: the next run offers it again.
+UNSEEN_STATUSES = (JobStatus.FAILED, JobStatus.CANCELLED)
 MAX_RETRIED_PER_RUN = 10_000
 
 
 def next_time(cron: str, timezone: str, after: datetime) -> datetime:
     """The first cron time strictly after ``after``, in UTC (DST-correct in ``timezone``)."""
     local = after.astimezone(ZoneInfo(timezone))
-    return next(CronSim(cron, local)).astimezone(UTC)
+    # In a DST fall-back hour cronsim may answer the repeated wall time's first (earlier)
+    # instant; step on until the answer really is later.
+    for candidate in CronSim(cron, local):
+        if candidate.astimezone(UTC) > after:
+            return candidate.astimezone(UTC)
+    raise ValueError(f"cron {cron!r} has no time after {after.isoformat()}")
 
 
 # Reading --------------------------------------------------------------------------------
@@ -172,7 +179,7 @@ def _check_action(
     if isinstance(action, ReprocessPrefix):
         foreign = foreign_subject_problem(tenant_id, action.source, storage.bucket)
         if foreign:
-            problems.append(FieldProblem("action.source", foreign.message, ALLOWED["action"]))
+            problems.append(FieldProblem("action.source", foreign.message, ALLOWED["source"]))
         else:
             try:
                 storage.check_bucket(parse_s3_prefix(action.source)[0])
@@ -214,7 +221,12 @@ def update_schedule(
     schedule = get_schedule(session, tenant_id, schedule_id)
     if spec.action is not None:
         _check_action(session, tenant_id, spec.action, storage)
-        schedule.action = spec.action.model_dump(mode="json")
+        action = spec.action.model_dump(mode="json")
+        if action.get("source") != schedule.action.get("source"):
+            # What was seen was under the old prefix: under a new one every object is new.
+            # New parameters alone do not resend what was already relit (README).
+            session.execute(delete(ScheduleObject).where(ScheduleObject.schedule_id == schedule.id))
+        schedule.action = action
     for name in ("name", "cron", "timezone", "overlap"):
         value = getattr(spec, name)
         if value is not None:
@@ -256,6 +268,9 @@ def run_now(
 ) -> ScheduleRun:
     """Fire once by hand, now; the overlap policy applies as to a cron time."""
     schedule = get_schedule(session, tenant_id, schedule_id)
+    # Serialise with a beat's tick and with other manual runs, as tick() does: the overlap
+    # check and the new run must see each other's runs.
+    session.refresh(schedule, with_for_update=True)
     run = fire(session, schedule, now or utcnow(), storage, settings, manual=True)
     if run is None:
         raise RelightqError("a run was started this very moment; try again", 409, "run_exists")
@@ -453,10 +468,15 @@ def _reprocess_prefix(
     storage: Storage,
     settings: Settings,
 ) -> dict[str, Any]:
+    # An object counts as seen only while the job it became has not failed or been
+    # cancelled: those are offered again, as if never sent.
     seen = dict(
         session.execute(
-            select(ScheduleObject.key, ScheduleObject.etag).where(
-                ScheduleObject.schedule_id == schedule.id
+            select(ScheduleObject.key, ScheduleObject.etag)
+            .outerjoin(Job, Job.id == ScheduleObject.job_id)
+            .where(
+                ScheduleObject.schedule_id == schedule.id,
+                or_(Job.id.is_(None), Job.status.not_in(UNSEEN_STATUSES)),
             )
         ).all()
     )
@@ -486,17 +506,30 @@ def _reprocess_prefix(
         session.scalars(select(BatchReject.subject_image).where(BatchReject.batch_id == batch.id))
     )
     sent = [o for o in changed if o.uri not in rejected]
+    job_of = dict(
+        session.execute(select(Job.subject_image, Job.id).where(Job.batch_id == batch.id)).all()
+    )
     now = utcnow()
     for start in range(0, len(sent), ACTION_CHUNK):
         rows = [
-            {"schedule_id": schedule.id, "key": o.key, "etag": o.etag, "seen_at": now}
+            {
+                "schedule_id": schedule.id,
+                "key": o.key,
+                "etag": o.etag,
+                "seen_at": now,
+                "job_id": job_of.get(o.uri),
+            }
             for o in sent[start : start + ACTION_CHUNK]
         ]
         statement = insert(ScheduleObject).values(rows)
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=["schedule_id", "key"],
-                set_={"etag": statement.excluded.etag, "seen_at": statement.excluded.seen_at},
+                set_={
+                    "etag": statement.excluded.etag,
+                    "seen_at": statement.excluded.seen_at,
+                    "job_id": statement.excluded.job_id,
+                },
             )
         )
     return {

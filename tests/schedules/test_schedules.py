@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from relightq.broker import Queue, TaskName, get_celery
 from relightq.db import get_sessionmaker, session_scope
 from relightq.schedules.models import Schedule, ScheduleRun
-from relightq.schedules.service import tick
+from relightq.schedules.service import next_time, tick
 from relightq.settings import get_settings
 from relightq.storage import get_storage
 from tests.batches.helpers import wait_batch
@@ -179,6 +179,89 @@ def test_overlap_skip_and_queue(api: httpx.Client, simulator: httpx.Client) -> N
     started = runs_of(api, queue["id"])[1]
     assert started["status"] == "running" and len(started["batches"]) == 1
     api.post(f"/v1/batches/{started['batches'][0]['id']}/cancel")
+
+
+def test_runs_by_hand_at_once_follow_the_overlap_policy(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    simulator.post("/admin/config", json={"latency": 0.3}).raise_for_status()
+    batch_id = small_batch(api, count=12)
+    schedule = create(api, {"type": "rerun_batch", "batch_id": batch_id}, overlap="skip")
+
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(
+            pool.map(lambda _: api.post(f"/v1/schedules/{schedule['id']}/run"), range(5))
+        )
+
+    runs = [a.json() for a in answers]
+    assert sorted(r["status"] for r in runs) == ["running"] + ["skipped"] * 4
+    [running] = [r for r in runs if r["status"] == "running"]
+    api.post(f"/v1/batches/{running['batches'][0]['id']}/cancel").raise_for_status()
+
+
+def test_an_object_whose_job_failed_is_offered_again_next_run(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    prefix = f"failing-{uuid.uuid4().hex[:6]}"
+    shop_image(f"{prefix}/a.png")
+    shop_image(f"{prefix}/b.png")
+    action = {
+        "type": "reprocess_prefix",
+        "source": f"s3://{SHOP_BUCKET}/{prefix}/",
+        "defaults": {"prompt": "spring"},
+    }
+    schedule = create(api, action)
+
+    def run_now() -> dict[str, Any]:
+        run: dict[str, Any] = api.post(f"/v1/schedules/{schedule['id']}/run").json()
+        for batch in run["batches"]:
+            wait_batch(api, str(batch["id"]), "completed", timeout=60)
+        return run
+
+    simulator.post("/admin/config", json={"fail_500_rate": 1.0}).raise_for_status()
+    try:
+        failed = run_now()  # every attempt answered 500: both jobs fail
+    finally:
+        simulator.post("/admin/config", json={"fail_500_rate": 0.0}).raise_for_status()
+    again = run_now()
+    done = run_now()
+
+    [batch] = failed["batches"]
+    jobs = api.get("/v1/jobs", params={"batch_id": batch["id"]}).json()["items"]
+    assert [j["status"] for j in jobs] == ["failed", "failed"]
+    assert again["summary"]["items"] == 2 and again["summary"]["unchanged"] == 0
+    assert done["summary"] == {"items": 0, "unchanged": 2}
+
+
+def test_a_new_source_forgets_the_objects_seen_under_the_old_one(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    old, new = (f"moved-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    for prefix in (old, new):
+        shop_image(f"{prefix}/a.png")  # the same key below each prefix, the same bytes
+    action = {
+        "type": "reprocess_prefix",
+        "source": f"s3://{SHOP_BUCKET}/{old}/",
+        "defaults": {"prompt": "spring"},
+    }
+    schedule = create(api, action)
+    first = api.post(f"/v1/schedules/{schedule['id']}/run").json()
+    wait_batch(api, str(first["batches"][0]["id"]), "completed")
+
+    moved = {**action, "source": f"s3://{SHOP_BUCKET}/{new}/"}
+    api.patch(f"/v1/schedules/{schedule['id']}", json={"action": moved}).raise_for_status()
+    second = api.post(f"/v1/schedules/{schedule['id']}/run").json()
+
+    assert second["summary"]["items"] == 1 and second["summary"]["unchanged"] == 0
+    wait_batch(api, str(second["batches"][0]["id"]), "completed")
+
+
+def test_the_next_time_in_a_repeated_dst_hour_is_later_than_now() -> None:
+    # 2027-11-07 06:10Z is 01:10 EST, in New York's second 01:00-02:00; 01:30 EDT (05:30Z)
+    # has passed already.
+    now = at("2027-11-07T06:10:00Z")
+    following = next_time("30 1 * * *", "America/New_York", now)
+    assert now < following <= now + timedelta(hours=25)
 
 
 def test_two_schedulers_ticking_at_once_fire_each_run_once(
