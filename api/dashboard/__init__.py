@@ -131,6 +131,10 @@ def home() -> RedirectResponse:
 def batch_list(
     request: Request, user: User, db: DbSession, cursor: str | None = None
 ) -> HTMLResponse:
+    # Counted before listing: a batch committed in between is listed and the count can
+    # only be lower, so the page never misses one (a created_at comparison would: a
+    # 100k-row upload gets its created_at long before it commits).
+    known = batches.count_batches(db, user.tenant.id) if cursor is None else None
     found, next_cursor = batches.list_batches(db, user.tenant.id, cursor=cursor, limit=50)
     views = [batches.batch_view(db, b) for b in found]
     return _page(
@@ -139,18 +143,18 @@ def batch_list(
         user,
         batches=views,
         next_cursor=next_cursor,
-        # Only the first page can tell that newer batches exist: it shows the newest.
-        first_page=cursor is None,
+        # Only the first page watches for newer batches: it shows the newest.
+        known_batches=known,
         section="batches",
     )
 
 
 @router.get("/progress.json")
-def progress(user: User, db: DbSession, ids: str = "", newest: str | None = None) -> dict[str, Any]:
+def progress(user: User, db: DbSession, ids: str = "", known: int | None = None) -> dict[str, Any]:
     answer: dict[str, Any] = {}
-    if newest is not None:
+    if known is not None:
         # How many batches the list page has not shown: submitted since it loaded.
-        answer["newer_batches"] = batches.count_newer(db, user.tenant.id, newest)
+        answer["newer_batches"] = max(0, batches.count_batches(db, user.tenant.id) - known)
     for raw in ids.split(",")[:100]:
         try:
             batch = batches.get_batch(db, user.tenant.id, uuid.UUID(raw))

@@ -369,21 +369,10 @@ def get_batch(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Ba
     return batch
 
 
-def count_newer(session: Session, tenant_id: uuid.UUID, newest: str) -> int:
-    """The tenant's batches created after batch ``newest`` (all of them when it is "")."""
+def count_batches(session: Session, tenant_id: uuid.UUID) -> int:
+    """How many batches the tenant has (committed ones: a batch still being ingested is
+    not counted until its 202)."""
     query = select(func.count()).select_from(Batch).where(Batch.tenant_id == tenant_id)
-    if newest:
-        try:
-            since = session.scalar(
-                select(Batch.created_at).where(
-                    Batch.id == uuid.UUID(newest), Batch.tenant_id == tenant_id
-                )
-            )
-        except ValueError:
-            return 0
-        if since is None:
-            return 0
-        query = query.where(Batch.created_at > since)
     return int(session.scalar(query) or 0)
 
 
