@@ -217,6 +217,83 @@ def _schedule(response: httpx.Response) -> ScheduleOut:
 
 # Commands --------------------------------------------------------------------------------
 
+# The action flags, shared by create and update.
+RerunBatchOption = Annotated[
+    uuid.UUID | None,
+    typer.Option(
+        "--rerun-batch",
+        metavar="BATCH_ID",
+        help="Action: run this batch's items again as a new batch.",
+        rich_help_panel="Action (exactly one)",
+    ),
+]
+
+PrefixOption = Annotated[
+    str | None,
+    typer.Option(
+        "--prefix",
+        metavar="S3_PREFIX",
+        help="Action: relight images below this s3://bucket/prefix/ that are new or "
+        "changed since the last run.",
+        rich_help_panel="Action (exactly one)",
+    ),
+]
+
+RetryHoursOption = Annotated[
+    float | None,
+    typer.Option(
+        "--retry-failed-hours",
+        metavar="HOURS",
+        help="Action: retry your jobs that failed in the last HOURS.",
+        rich_help_panel="Action (exactly one)",
+    ),
+]
+
+PromptOption = Annotated[
+    str | None,
+    typer.Option(
+        help="--prefix: the prompt of every image; --rerun-batch: a new prompt.",
+        rich_help_panel="Action options",
+    ),
+]
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="A job field: a default for --prefix, an override for --rerun-batch, e.g. "
+        "--set width=512. VALUE is read as JSON when it parses, else as text. Repeatable.",
+        rich_help_panel="Action options",
+    ),
+]
+
+OutputPrefixOption = Annotated[
+    str | None,
+    typer.Option(
+        help="--prefix: an s3://bucket/prefix/ to write outputs to.",
+        rich_help_panel="Action options",
+    ),
+]
+
+KeyTemplateOption = Annotated[
+    str | None,
+    typer.Option(
+        help="--prefix: output keys below --output-prefix, e.g. '{external_id}.{ext}'.",
+        rich_help_panel="Action options",
+    ),
+]
+
+BatchOption = Annotated[
+    uuid.UUID | None,
+    typer.Option(
+        "--batch",
+        metavar="BATCH_ID",
+        help="--retry-failed-hours: only this batch's jobs.",
+        rich_help_panel="Action options",
+    ),
+]
+
 
 def _action(
     rerun_batch: uuid.UUID | None,
@@ -300,74 +377,14 @@ def create(
     paused: Annotated[
         bool, typer.Option("--paused", help="Create it paused (resume to start it).")
     ] = False,
-    rerun_batch: Annotated[
-        uuid.UUID | None,
-        typer.Option(
-            "--rerun-batch",
-            metavar="BATCH_ID",
-            help="Action: run this batch's items again as a new batch.",
-            rich_help_panel="Action (exactly one)",
-        ),
-    ] = None,
-    prefix: Annotated[
-        str | None,
-        typer.Option(
-            "--prefix",
-            metavar="S3_PREFIX",
-            help="Action: relight images below this s3://bucket/prefix/ that are new or "
-            "changed since the last run.",
-            rich_help_panel="Action (exactly one)",
-        ),
-    ] = None,
-    retry_failed_hours: Annotated[
-        float | None,
-        typer.Option(
-            "--retry-failed-hours",
-            metavar="HOURS",
-            help="Action: retry your jobs that failed in the last HOURS.",
-            rich_help_panel="Action (exactly one)",
-        ),
-    ] = None,
-    prompt: Annotated[
-        str | None,
-        typer.Option(
-            help="--prefix: the prompt of every image; --rerun-batch: a new prompt.",
-            rich_help_panel="Action options",
-        ),
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            metavar="KEY=VALUE",
-            help="A job field: a default for --prefix, an override for --rerun-batch, e.g. "
-            "--set width=512. VALUE is read as JSON when it parses, else as text. Repeatable.",
-            rich_help_panel="Action options",
-        ),
-    ] = None,
-    output_prefix: Annotated[
-        str | None,
-        typer.Option(
-            help="--prefix: an s3://bucket/prefix/ to write outputs to.",
-            rich_help_panel="Action options",
-        ),
-    ] = None,
-    key_template: Annotated[
-        str | None,
-        typer.Option(
-            help="--prefix: output keys below --output-prefix, e.g. '{external_id}.{ext}'.",
-            rich_help_panel="Action options",
-        ),
-    ] = None,
-    batch: Annotated[
-        uuid.UUID | None,
-        typer.Option(
-            "--batch",
-            metavar="BATCH_ID",
-            help="--retry-failed-hours: only this batch's jobs.",
-            rich_help_panel="Action options",
-        ),
-    ] = None,
+    rerun_batch: RerunBatchOption = None,
+    prefix: PrefixOption = None,
+    retry_failed_hours: RetryHoursOption = None,
+    prompt: PromptOption = None,
+    set_: SetOption = None,
+    output_prefix: OutputPrefixOption = None,
+    key_template: KeyTemplateOption = None,
+    batch: BatchOption = None,
     *,
     api_key: ApiKey,
     api_url: ApiUrl = DEFAULT_API_URL,
@@ -402,6 +419,68 @@ def create(
     else:
         say(f"It is paused; start it with: relightq schedule resume {schedule.id}")
     say(f"Run it now with: relightq schedule run {schedule.id}")
+
+
+@schedule_app.command()
+def update(
+    schedule_id: ScheduleId,
+    name: Annotated[str | None, typer.Option(help="A new name.", show_default=False)] = None,
+    cron: Annotated[
+        str | None, typer.Option(help="New cron fields (moves the next run).", show_default=False)
+    ] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="A new IANA time zone.", show_default=False)
+    ] = None,
+    overlap: Annotated[
+        Overlap | None, typer.Option(help="skip or queue.", show_default=False)
+    ] = None,
+    rerun_batch: RerunBatchOption = None,
+    prefix: PrefixOption = None,
+    retry_failed_hours: RetryHoursOption = None,
+    prompt: PromptOption = None,
+    set_: SetOption = None,
+    output_prefix: OutputPrefixOption = None,
+    key_template: KeyTemplateOption = None,
+    batch: BatchOption = None,
+    *,
+    api_key: ApiKey,
+    api_url: ApiUrl = DEFAULT_API_URL,
+) -> None:
+    """Change a schedule in place, keeping its history: only what is given changes.
+
+    An action flag replaces the whole action (with its options, as for create).
+    """
+    body: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "name": name,
+            "cron": cron,
+            "timezone": timezone,
+            "overlap": None if overlap is None else overlap.value,
+        }.items()
+        if value is not None
+    }
+    action_flags = (rerun_batch, prefix, retry_failed_hours, batch, prompt, set_)
+    if any(v is not None for v in action_flags) or output_prefix or key_template:
+        body["action"] = _action(
+            rerun_batch,
+            prefix,
+            retry_failed_hours,
+            batch,
+            prompt,
+            set_ or [],
+            output_prefix,
+            key_template,
+        )
+    if not body:
+        raise typer.BadParameter(
+            "give something to change: --name, --cron, --timezone, --overlap or an action",
+            param_hint="'--cron'",
+        )
+    with api_client(api_url, api_key) as client:
+        schedule = _schedule(client.patch(f"/v1/schedules/{schedule_id}", json=body))
+    say(f"Updated schedule [bold]{schedule.id}[/] ({escape(schedule.name)}).")
+    _show(schedule)
 
 
 @schedule_app.command("list")

@@ -207,3 +207,37 @@ def test_a_deleted_schedule_is_gone(
     shown = run(services, tenant, "show", schedule_id)
     assert shown.exit_code == 1, shown.output
     assert "schedule not found (HTTP 404)" in shown.output
+
+
+def test_a_schedule_is_updated_in_place_keeping_its_id_and_history(
+    services: Services, tenant: TenantKey, api: httpx.Client
+) -> None:
+    created = run(
+        services, tenant, "create", "retries", "--cron", "0 * * * *", "--retry-failed-hours", "6"
+    )
+    schedule_id = created_id(created)
+    api.post(f"/v1/schedules/{schedule_id}/run").raise_for_status()
+
+    moved = run(
+        services,
+        tenant,
+        *("update", schedule_id, "--cron", "30 4 * * *", "--timezone", "Europe/Paris"),
+        *("--overlap", "queue", "--retry-failed-hours", "12"),
+    )
+
+    assert moved.exit_code == 0, moved.output
+    schedule = schedule_of(api, schedule_id)
+    assert (schedule["cron"], schedule["timezone"], schedule["overlap"]) == (
+        "30 4 * * *",
+        "Europe/Paris",
+        "queue",
+    )
+    assert schedule["action"]["window_hours"] == 12.0 and schedule["name"] == "retries"
+    local = moment(schedule["next_run_at"]).astimezone(ZoneInfo("Europe/Paris"))
+    assert (local.hour, local.minute) == (4, 30)
+    assert len(api.get(f"/v1/schedules/{schedule_id}/runs").json()["items"]) == 1
+
+    nothing = run(services, tenant, "update", schedule_id)
+    assert nothing.exit_code == 2 and "give something to change" in flat(nothing.output)
+    stray = run(services, tenant, "update", schedule_id, "--prompt", "x")
+    assert stray.exit_code == 2 and "exactly one action" in flat(stray.output)
