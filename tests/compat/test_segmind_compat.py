@@ -73,6 +73,25 @@ def test_segminds_own_node_client_works_unchanged_but_for_url_and_key(
     assert job["status"] == "succeeded" and job["priority"] == 9
 
 
+def test_segminds_published_example_with_an_image_url_works_unchanged(
+    node_client: Path, services: Services, tenant: TenantKey, simulator: httpx.Client
+) -> None:
+    _, url = shop_image("compat/documented.png")
+
+    done = subprocess.run(
+        ["node", str(node_client.with_name("documented.js")), services.api + PATH, tenant.key, url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["status"] == 200 and answer["contentType"] == "image/webp"
+    assert answer["riff"] is True  # a WebP file begins RIFF....WEBP
+    assert float(answer["remainingCredits"]) < 100
+
+
 def test_json_with_an_image_url_gets_the_image(
     services: Services, tenant: TenantKey, simulator: httpx.Client
 ) -> None:
