@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from relightq.batches.schemas import BatchOut, BatchPage, BatchStatus
@@ -212,11 +212,14 @@ def watch_batch(client: httpx.Client, batch: BatchOut, interval: float) -> Batch
     Off a terminal (CI logs, pipes) a bar cannot redraw, so a plain line is printed
     whenever something changes instead.
     """
+    done_width = 2 * len(str(batch.total)) + 1
+    # On an 80-column terminal the details would squeeze the bar and the count to nothing:
+    # those keep their width and the details wrap onto a second line instead.
     progress = Progress(
-        TextColumn(f"[bold]batch {str(batch.id)[:8]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[details]}"),
+        TextColumn(f"[bold]batch {str(batch.id)[:8]}", table_column=Column(no_wrap=True)),
+        BarColumn(bar_width=20, table_column=Column(min_width=20, no_wrap=True)),
+        MofNCompleteColumn(table_column=Column(min_width=done_width, no_wrap=True)),
+        TextColumn("{task.fields[details]}", table_column=Column(ratio=1, overflow="fold")),
         console=console,
         disable=not console.is_terminal,
     )
@@ -285,13 +288,33 @@ def job_fields_from(prompt: str | None, pairs: list[str]) -> dict[str, Any]:
     return defaults
 
 
+def _json_batch(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """A .json file as the JSON body of POST /v1/batches: a list of items, or an object
+    with ``items`` and any batch fields; the command line's options win over the file's.
+    Read whole (a JSON body is capped by MAX_REQUEST_BYTES): big catalogs go as JSONL."""
+    try:
+        loaded = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:
+        raise typer.BadParameter(
+            f"{path} is not valid JSON ({exc})", param_hint="'SOURCE'"
+        ) from None
+    body: dict[str, Any] = {"items": loaded} if isinstance(loaded, list) else loaded
+    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+        raise typer.BadParameter(
+            f"{path} must hold a JSON list of items or an object with an items list",
+            param_hint="'SOURCE'",
+        )
+    file_defaults = body.get("defaults") if isinstance(body.get("defaults"), dict) else {}
+    return body | settings | {"defaults": file_defaults | settings["defaults"]}
+
+
 @batch_app.command()
 def submit(
     source: Annotated[
         str,
         typer.Argument(
-            help="A local CSV or JSONL file of items (uploaded), or an s3://bucket/prefix/ "
-            "whose images become the items.",
+            help="A local CSV or JSONL file of items (uploaded), a .json list of items (sent "
+            "as a JSON body), or an s3://bucket/prefix/ whose images become the items.",
             show_default=False,
         ),
     ],
@@ -334,7 +357,7 @@ def submit(
     api_key: ApiKey,
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
-    """Submit a CSV/JSONL file or an s3:// prefix as a batch.
+    """Submit a CSV/JSONL/JSON file or an s3:// prefix as a batch.
 
     Every row is checked first: one bad row rejects the whole batch (nothing is stored)
     unless --skip-invalid.
@@ -357,7 +380,7 @@ def submit(
     is_prefix = source.startswith("s3://")
     if not is_prefix and not path.is_file():
         raise typer.BadParameter(
-            f"{source} is not a file (give a CSV/JSONL file or an s3://bucket/prefix/)",
+            f"{source} is not a file (give a CSV/JSONL/JSON file or an s3://bucket/prefix/)",
             param_hint="'SOURCE'",
         )
     with api_client(api_url, api_key) as client:
@@ -365,6 +388,9 @@ def submit(
             response = client.post(
                 "/v1/batches", json={"source": source, **settings}, timeout=SUBMIT_TIMEOUT
             )
+        elif path.suffix.lower() == ".json" and file_format is None:
+            body = _json_batch(path, settings)
+            response = client.post("/v1/batches", json=body, timeout=SUBMIT_TIMEOUT)
         else:
             # Form fields are text: JSON for everything that is not already a string.
             form = {k: v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()}

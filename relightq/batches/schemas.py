@@ -69,9 +69,7 @@ class BatchSettings(BaseModel):
     @field_validator("output_prefix")
     @classmethod
     def _prefix_is_s3(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_s3_prefix(value)
-        return value
+        return None if value is None else check_s3_prefix(value)
 
     @field_validator("key_template")
     @classmethod
@@ -110,9 +108,7 @@ class BatchCreate(BatchSettings):
     @field_validator("source")
     @classmethod
     def _source_is_s3(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_s3_prefix(value)
-        return value
+        return None if value is None else check_s3_prefix(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> BatchCreate:
@@ -121,10 +117,13 @@ class BatchCreate(BatchSettings):
         return self
 
 
-def check_s3_prefix(value: str) -> None:
-    """Accept ``s3://bucket/`` and ``s3://bucket/prefix/``."""
+def check_s3_prefix(value: str) -> str:
+    """Accept ``s3://bucket/`` and ``s3://bucket/prefix/``; a prefix given without its
+    closing slash is read as the folder (``s3://b/2026`` is ``s3://b/2026/``), so it
+    neither lists the sibling ``2026-old/`` nor makes keys start with a slash."""
     if not value.startswith("s3://") or len(value) <= 5 or value[5] == "/":
         raise ValueError("must be an s3://bucket/prefix/ URI")
+    return value if value.endswith("/") else value + "/"
 
 
 def validate_defaults(defaults: dict[str, Any]) -> JobOptions:

@@ -73,7 +73,8 @@ class BatchRejected(RelightqError):
         listed = len({p.field.split(".")[0] for p in problems})
         super().__init__(
             f"{bad_rows} of {rows} rows are invalid (the first {listed} are listed); nothing "
-            "was stored. Fix them, or send skip_invalid=true to run the valid rows.",
+            "was stored. Fix them, or send skip_invalid=true (relightq batch submit "
+            "--skip-invalid) to run the valid rows.",
             422,
             "validation_error",
             problems,

@@ -92,8 +92,7 @@ class ReprocessPrefix(BatchSettings):
     @field_validator("source")
     @classmethod
     def _source_is_s3(cls, value: str) -> str:
-        check_s3_prefix(value)
-        return value
+        return check_s3_prefix(value)
 
     @field_validator("defaults")
     @classmethod

@@ -135,6 +135,26 @@ def test_an_s3_prefix_is_listed_recursively_for_images(
     ]
 
 
+def test_a_prefix_without_its_closing_slash_is_the_folder_not_its_siblings(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    shop_image("slashless/2026/a.png")
+    shop_image("slashless/2026-old/b.png")  # shares the characters, not the folder
+    body = {
+        "source": f"s3://{SHOP_BUCKET}/slashless/2026",
+        "defaults": {"prompt": "sunset"},
+        "key_template": "{source_key}-{index}.{ext}",
+    }
+
+    response = api.post("/v1/batches", json=body)
+
+    assert response.status_code == 202, response.text
+    batch = wait_batch(api, response.json()["id"], "completed")
+    [result] = manifest(api, batch["id"])
+    assert result["source"] == f"s3://{SHOP_BUCKET}/slashless/2026/a.png"
+    assert result["outputs"][0]["s3_uri"].endswith(f"/batches/{batch['id']}/a.png-0.webp")
+
+
 def api_tenant(api: httpx.Client) -> str:
     jobs = api.get("/v1/jobs", params={"limit": 1}).json()["items"]
     subject: str = jobs[0]["outputs"][0]["s3_uri"]

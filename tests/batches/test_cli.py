@@ -199,6 +199,46 @@ def test_an_s3_prefix_is_submitted_as_a_source(
     assert batch["total"] == 2 and batch["counts"]["succeeded"] == 2
 
 
+def test_a_json_file_of_items_is_sent_as_a_json_batch(
+    services: Services,
+    tenant: TenantKey,
+    api: httpx.Client,
+    simulator: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    urls = catalog(2, "cli-json")
+    listed = tmp_path / "items.json"
+    listed.write_text(json.dumps([{"subject_image": u, "external_id": "A"} for u in urls[:1]]))
+    wrapped = tmp_path / "batch.json"
+    wrapped.write_text(
+        json.dumps(
+            {
+                "name": "from a file",
+                "defaults": {"prompt": "file prompt", "width": 384},
+                "items": [{"subject_image": urls[1]}],
+            }
+        )
+    )
+
+    a_list = run(services, tenant, "submit", str(listed), "--prompt", "cli prompt", "--watch")
+    an_object = run(services, tenant, "submit", str(wrapped), "--set", "width=448", "--watch")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"items": ')
+    refused = run(services, tenant, "submit", str(broken))
+
+    assert a_list.exit_code == 0, a_list.output
+    assert an_object.exit_code == 0, an_object.output
+    [first] = api.get("/v1/jobs", params={"batch_id": batch_id_of(a_list)}).json()["items"]
+    assert first["params"]["prompt"] == "cli prompt" and first["external_id"] == "A"
+    batch = api.get(f"/v1/batches/{batch_id_of(an_object)}").json()
+    assert batch["name"] == "from a file"
+    [second] = api.get("/v1/jobs", params={"batch_id": batch["id"]}).json()["items"]
+    # The file's defaults, with the command line's --set winning where both speak.
+    assert (second["params"]["prompt"], second["params"]["width"]) == ("file prompt", 448)
+    assert refused.exit_code == 2
+    assert "is not valid JSON" in re.sub(r"[\s│╭╮╰╯─]+", " ", refused.output)
+
+
 def test_ctrl_c_stops_watching_not_the_batch_and_cancel_stops_it(
     services: Services,
     tenant: TenantKey,
