@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from relightq.throttle.service import get_fleet
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import shop_image, wait_for
 
@@ -145,3 +146,13 @@ def test_the_batches_page_learns_of_batches_committed_after_it_was_rendered(
         api.post("/v1/batches", json={"defaults": {"prompt": "x"}, "items": [item]})
         after = client.get("/dashboard/progress.json", params={"known": known[1]}).json()
     assert before["newer_batches"] == 0 and after["newer_batches"] == 1
+
+
+def test_the_fleet_page_says_when_segmind_last_reported_the_credits(
+    services: Services, tenant: TenantKey
+) -> None:
+    get_fleet().record_credits(42.5)
+    with logged_in(services, tenant.key) as client:
+        page = client.get("/dashboard/throttle").text
+    # During a pause the balance may be a probe interval old: the page says how old.
+    assert re.search(r"42\.500 <span[^>]*>as Segmind last reported it, \d{4}-\d\d-\d\d ", page)
