@@ -49,12 +49,21 @@ def delete_trigger(name: str, tenant: CurrentTenant, db: DbSession) -> Response:
     status_code=202,
     response_model=TriggerAccepted,
     summary="Receive a signed event (no API key: the signature authenticates it)",
-    responses={401: {"description": "bad or missing signature, or too old; nothing stored"}},
+    responses={
+        200: {
+            "model": TriggerAccepted,
+            "description": "a repeat of an event already received (same event id or, for "
+            "hmac-sha256, same body): duplicate is true and jobs are the first delivery's; "
+            "nothing new is stored",
+        },
+        401: {"description": "bad or missing signature, or too old; nothing stored"},
+        429: {"description": "too many requests to this trigger; retry after Retry-After"},
+    },
 )
 async def receive_event(
     name: str, request: Request, response: Response, db: DbSession
 ) -> TriggerAccepted:
-    """Verify, then create the jobs once per event id; a repeat answers 200 with them."""
+    """Verify, then create the jobs once per event; a repeat answers 200 with them."""
     body = await request.body()
     headers = {k.lower(): v for k, v in request.headers.items()}
     accepted = await run_in_threadpool(

@@ -27,6 +27,11 @@ from relightq.settings import get_settings
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
 ALLOWED = "1 to 255 printable ASCII characters, e.g. a UUID"
+# The key's format is fine when it is reused: what is allowed is about the request.
+REUSE_ALLOWED = (
+    "the same endpoint and body as the first request with this key, or a new key for a "
+    "different request"
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ def begin(
             f"({first.endpoint} at {first.created_at.isoformat()}); use a new key",
             422,
             "idempotency_key_reused",
-            [FieldProblem(HEADER, "was used with different parameters", ALLOWED)],
+            [FieldProblem(HEADER, "was used with different parameters", REUSE_ALLOWED)],
         )
     assert first.status_code is not None  # stored in the same transaction as the key
     return Replay(first.status_code, first.response_body, first.location)

@@ -22,7 +22,9 @@ ALLOWED: dict[str, str] = {
     "secret": "the signing secret (required for hmac-sha256; made for you otherwise)",
     "mapping": "JMESPath expressions: images (required), external_id, fields.<job field>",
     "job": "a JSON object of job fields every created job starts from",
-    "tolerance_seconds": "an integer from 1 to 86400",
+    "tolerance_seconds": (
+        "an integer from 1 to 86400 (default 300 for standard-webhooks, 21600 for hmac-sha256)"
+    ),
 }
 
 
@@ -33,6 +35,19 @@ class SignatureScheme(StrEnum):
     STANDARD_WEBHOOKS = "standard-webhooks"
     # base64(HMAC-SHA256(secret, raw body)) in one header, as Shopify sends it.
     HMAC_SHA256 = "hmac-sha256"
+
+
+# How far an event's timestamp may be from now. Standard Webhooks senders sign every try
+# afresh, so the reference libraries' 5 minutes suffice. Shopify resends the original
+# X-Shopify-Triggered-At on each of its retries (8 over 4 hours), so 5 minutes would
+# refuse every retry after an outage; 6 hours covers that window. That header is not
+# signed, so it never guarded against replay anyway: the body's digest does (a body a
+# trigger has seen is a duplicate at any age; trigger_events rows are never deleted),
+# and the tolerance only turns away a sender's honestly stale deliveries.
+DEFAULT_TOLERANCE_SECONDS: dict[SignatureScheme, int] = {
+    SignatureScheme.STANDARD_WEBHOOKS: 300,
+    SignatureScheme.HMAC_SHA256: 6 * 3600,
+}
 
 
 class TriggerMapping(BaseModel):
@@ -85,7 +100,13 @@ class TriggerCreate(BaseModel):
     signature_header: str = Field(default="X-Shopify-Hmac-Sha256", max_length=128)
     event_id_header: str = Field(default="X-Shopify-Event-Id", max_length=128)
     timestamp_header: str | None = Field(default="X-Shopify-Triggered-At", max_length=128)
-    tolerance_seconds: int = Field(default=300, ge=1, le=86400)
+    tolerance_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=86400,
+        description="seconds an event's timestamp may be from now; "
+        "default 300 for standard-webhooks, 21600 for hmac-sha256",
+    )
     mapping: TriggerMapping
     job: dict[str, Any] = Field(default_factory=dict)
 

@@ -153,13 +153,24 @@ def _deliver(delivery_id: uuid.UUID, settings: Settings) -> DeliveryStatus | Non
             return _close(claimed, DeliveryStatus.FAILED, "the endpoint is disabled or deleted")
         if endpoint is not None:
             secret = endpoint.secret
+            # A registered endpoint's retries and redeliveries go where it points now (as
+            # Svix does), so a tenant who moved it need not wait for the old URL to fail;
+            # the delivery records the URL this try calls. A callback_url keeps its own.
+            url = endpoint.url
+            if url != claimed.url:
+                session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == claimed.id, _still_sending)
+                    .values(url=url)
+                )
         else:
             secret = ensure_callback_secret(session, claimed.tenant_id)
+            url = claimed.url
         body = json.dumps(event.payload, separators=(",", ":"))
         msg_id = event.msg_id
     headers = signature_headers(secret, msg_id, utcnow(), body)
     started_at = utcnow()
-    outcome = _post(claimed.url, body, headers, settings)
+    outcome = _post(url, body, headers, settings)
     return _record(claimed, outcome, started_at, settings)
 
 

@@ -91,8 +91,18 @@ def update_endpoint(
 ) -> WebhookEndpoint:
     """Change url, filter, description, or enable/disable by hand."""
     endpoint = get_endpoint(session, tenant_id, endpoint_id)
-    if spec.url is not None:
+    if spec.url is not None and spec.url != endpoint.url:
         endpoint.url = spec.url
+        # Deliveries waiting for a retry now show where it will go; sent ones keep the
+        # URL they were sent to until they are sent again (the worker reads the endpoint).
+        session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.endpoint_id == endpoint.id,
+                WebhookDelivery.status == DeliveryStatus.PENDING,
+            )
+            .values(url=spec.url)
+        )
     if spec.event_types is not None:
         endpoint.event_types = [t.value for t in spec.event_types]
     if spec.description is not None:
@@ -257,6 +267,7 @@ def redeliver(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) ->
     )
     if delivery is None:
         raise NotFound("delivery")
+    url = delivery.url
     if delivery.endpoint_id is not None:
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
         if endpoint is None or not endpoint.enabled:
@@ -265,11 +276,13 @@ def redeliver(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) ->
                 409,
                 "endpoint_disabled",
             )
+        url = endpoint.url  # where the worker will send it
     done = session.execute(
         update(WebhookDelivery)
         .where(WebhookDelivery.id == delivery_id, WebhookDelivery.status != DeliveryStatus.SENDING)
         .values(
             status=DeliveryStatus.PENDING,
+            url=url,
             attempts=0,
             next_attempt_at=utcnow(),
             delivered_at=None,

@@ -81,7 +81,13 @@ def test_the_same_key_with_a_different_body_is_refused(
         assert refused.status_code == 422
         error = refused.json()["error"]
         assert error["code"] == "idempotency_key_reused"
-        assert error["fields"][0]["field"] == "Idempotency-Key"
+        [problem] = error["fields"]
+        assert problem["field"] == "Idempotency-Key"
+        # The key itself is well formed: what would be accepted is about the request.
+        assert problem["allowed"] == (
+            "the same endpoint and body as the first request with this key, "
+            "or a new key for a different request"
+        )
     assert jobs_of(tenant) == 1
 
 

@@ -14,7 +14,7 @@ from relightq.broker import Queue, TaskName, get_celery
 from tests.batches.helpers import wait_batch
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import shop_image, wait_for
-from tests.support.receiver import Received, Receiver
+from tests.support.receiver import Received, Receiver, receiver
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -129,6 +129,57 @@ def test_410_disables_the_endpoint(
     assert len(hooks.requests) == 1  # nothing more goes to a disabled endpoint
     refused = api.post(f"/v1/webhooks/deliveries/{delivery['id']}/redeliver")
     assert refused.status_code == 409
+
+
+def test_a_redelivery_goes_to_the_url_the_endpoint_was_moved_to(
+    api: httpx.Client, simulator: httpx.Client, hooks: Receiver
+) -> None:
+    hooks.script = [410]
+    endpoint = register(api, hooks.url)
+    submit(api)
+    hooks.wait_for(1)
+    [delivery] = deliveries(api, endpoint_id=endpoint["id"])
+    wait_delivery(api, delivery["id"], "failed")
+
+    with receiver() as moved:
+        patched = api.patch(
+            f"/v1/webhooks/endpoints/{endpoint['id']}", json={"enabled": True, "url": moved.url}
+        )
+        assert patched.status_code == 200, patched.text
+        answer = api.post(f"/v1/webhooks/deliveries/{delivery['id']}/redeliver")
+        assert answer.status_code == 202, answer.text
+        [request] = moved.wait_for(1, timeout=10)
+        done = wait_delivery(api, delivery["id"], "delivered")
+
+    assert answer.json()["url"] == moved.url  # where it is going
+    assert done["url"] == moved.url  # where it went
+    assert len(hooks.requests) == 1  # the old URL got only the first try
+    assert request.headers["webhook-id"] == hooks.requests[0].headers["webhook-id"]
+    assert verified(endpoint["secret"], request)["type"] == "job.succeeded"
+
+
+def test_retries_follow_a_moved_endpoint_but_a_callback_url_keeps_its_own(
+    api: httpx.Client, simulator: httpx.Client, hooks: Receiver
+) -> None:
+    hooks.default = 500
+    endpoint = register(api, hooks.url)
+    submit(api, callback_url=hooks.url + "/callback")
+    hooks.wait_for(2)  # the first try of each
+
+    with receiver() as moved:
+        api.patch(f"/v1/webhooks/endpoints/{endpoint['id']}", json={"url": moved.url})
+        [request] = moved.wait_for(1, timeout=10)
+        [to_endpoint] = deliveries(api, endpoint_id=endpoint["id"])
+        to_endpoint = wait_delivery(api, to_endpoint["id"], "delivered")
+        [to_callback] = [d for d in deliveries(api) if d["target"] == "callback"]
+        to_callback = wait_delivery(api, to_callback["id"], "failed")
+
+    assert to_endpoint["url"] == moved.url
+    assert to_endpoint["attempt_log"][0]["http_status"] == 500
+    assert to_endpoint["attempt_log"][-1]["http_status"] == 200
+    assert request.path == "/hooks" and len(moved.requests) == 1
+    assert to_callback["url"] == hooks.url + "/callback" and to_callback["attempts"] == 4
+    assert len([r for r in hooks.requests if r.path == "/hooks/callback"]) == 4
 
 
 def test_redelivery_by_hand_resends_the_same_message_and_duplicate_tasks_send_nothing(
