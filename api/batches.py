@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Iterator
 from enum import StrEnum
@@ -39,6 +38,7 @@ from relightq.errors import (
     nul_field,
 )
 from relightq.jobs.service import foreign_subject_problem
+from relightq.json_input import parse_json
 from relightq.settings import get_settings
 from relightq.storage import Storage
 from relightq.tenants.models import Tenant
@@ -108,9 +108,9 @@ def _form_settings(fields: dict[str, Any]) -> BatchSettings:
     for name in _JSON_FIELDS:
         if isinstance(fields.get(name), str):
             try:
-                fields[name] = json.loads(fields[name])
-            except ValueError:
-                problems.append(FieldProblem(name, "is not valid JSON", ALLOWED.get(name)))
+                fields[name] = parse_json(fields[name], name, ALLOWED.get(name))
+            except InvalidInput as exc:
+                problems.extend(exc.fields)
                 fields.pop(name)
     settings: BatchSettings | None = None
     try:

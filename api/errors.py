@@ -61,7 +61,7 @@ def error_response(
     if request is not None and path.startswith(DASHBOARD_PREFIX) and status >= 400:
         from api.dashboard import error_page  # the dashboard imports the API's modules
 
-        return error_page(request, status, message)
+        return error_page(request, status, message, headers)
     body = {
         "error": {
             "code": code,
@@ -118,6 +118,25 @@ def install_error_handlers(app: FastAPI) -> None:
         problem = FieldProblem("body", "holds a value that cannot be stored: " + NUL_HINT)
         return error_response(
             422, "validation_error", "invalid input: body", [problem], request=request
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        # A bug, not the client's doing: still the stable shape, never a plain-text 500.
+        # The exception's text stays in the (redacted) log: it may quote a secret or a
+        # statement. Starlette re-raises after this answer, so the server logs it too.
+        log.error(
+            "unhandled %s on %s %s",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+            exc_info=exc,
+        )
+        return error_response(
+            500,
+            "internal_error",
+            "an internal error occurred; it has been logged",
+            request=request,
         )
 
     @app.exception_handler(RedisError)

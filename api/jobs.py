@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from typing import Annotated, Any
 
@@ -29,6 +28,7 @@ from relightq.errors import (
 from relightq.jobs import service
 from relightq.jobs.models import FINAL_STATUSES, JobStatus
 from relightq.jobs.schemas import ALLOWED, JobCreate, JobOptions, JobOut, JobPage
+from relightq.json_input import parse_json
 from relightq.settings import get_settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -123,9 +123,9 @@ async def create_job(
             return replay
         if isinstance(fields.get("metadata"), str):
             try:
-                fields["metadata"] = json.loads(fields["metadata"])
-            except ValueError:
-                problems.append(FieldProblem("metadata", "is not valid JSON", ALLOWED["metadata"]))
+                fields["metadata"] = parse_json(fields["metadata"], "metadata", ALLOWED["metadata"])
+            except InvalidInput as exc:
+                problems.extend(exc.fields)
                 fields.pop("metadata")
         try:
             options = JobOptions.model_validate(fields)

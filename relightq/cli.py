@@ -19,6 +19,7 @@ app.add_typer(throttle_app, name="throttle")
 app.add_typer(batch_app, name="batch")
 app.add_typer(schedule_app, name="schedule")
 console = Console()
+BEAT_MAX_LOOP_SECONDS = 30
 
 
 def _logging(level: int | None = None) -> None:
@@ -38,7 +39,10 @@ def api(
     import uvicorn
 
     _logging()
-    # relightq's own request line (api/request_log.py) replaces uvicorn's access log.
+    # relightq's own request line (api/request_log.py) replaces uvicorn's access log, and
+    # log_config=None leaves logging as _logging() set it: uvicorn's own lines (start-up,
+    # "Exception in ASGI application" tracebacks) propagate to relightq's handler, so they
+    # are redacted and in LOG_FORMAT like every other line, not uvicorn's plain text.
     uvicorn.run(
         "api.app:create_app",
         factory=True,
@@ -46,6 +50,7 @@ def api(
         port=port,
         proxy_headers=True,
         access_log=False,
+        log_config=None,
     )
 
 
@@ -89,6 +94,14 @@ def beat() -> None:
     from worker.tasks import app as celery_app
 
     _logging()
+    celery_app.conf.update(
+        # Beat answers `celery inspect ping --destination celerybeat@<host>` (Celery 5.7+;
+        # older versions ignore the setting) and goes silent once its scheduler has not
+        # ticked for twice the loop interval, which is what the compose healthcheck asks.
+        beat_enable_remote_control=True,
+        # Ticks at least this often (default 300 s), so a stalled beat shows within a minute.
+        beat_max_loop_interval=BEAT_MAX_LOOP_SECONDS,
+    )
     celery_app.start(["beat", "--loglevel=INFO"])
 
 

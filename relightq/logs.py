@@ -66,18 +66,23 @@ def note(**ids: object) -> None:
         request.update({k: str(v) for k, v in ids.items() if v})
 
 
+# Shorter values would blank out ordinary words wherever they occur.
+MIN_SECRET_LENGTH = 6
+
+
 def _secret_values() -> list[str]:
     from relightq.settings import get_settings
 
     key = get_settings().segmind_api_key
-    value = key.get_secret_value() if key else ""
-    return [value] if len(value) >= 6 else []
+    return [key.get_secret_value()] if key else []
 
 
-def redact(text: str) -> str:
-    """``text`` with every known secret replaced."""
-    for secret in _secret_values():
-        text = text.replace(secret, REDACTED)
+def redact(text: str, *secrets: str) -> str:
+    """``text`` with every known secret replaced, and ``secrets`` too (e.g. the key a
+    client was built with, which need not be the configured one)."""
+    for secret in (*_secret_values(), *secrets):
+        if len(secret) >= MIN_SECRET_LENGTH:
+            text = text.replace(secret, REDACTED)
     return SECRET_PATTERNS.sub(REDACTED, text)
 
 
@@ -136,6 +141,8 @@ def configure(level: str = "INFO", fmt: str = "text", stream: IO[str] | None = N
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
+    # Python's warnings go to stderr as bare text otherwise, past the format and redaction.
+    logging.captureWarnings(True)
 
 
 def unconfigure() -> None:
@@ -144,3 +151,4 @@ def unconfigure() -> None:
     for old in list(root.handlers):
         if getattr(old, "relightq", False):
             root.removeHandler(old)
+    logging.captureWarnings(False)

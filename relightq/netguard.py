@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from relightq.settings import get_settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# httpx's own defaults, as a plain HTTPTransport has them.
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
 
 
 class BlockedAddress(Exception):
@@ -75,12 +80,20 @@ def _resolve(host: str, port: int) -> tuple[str, ...]:
     return tuple(str(sockaddr[0]) for *_, sockaddr in answers)
 
 
+Resolver = Callable[[str, int], tuple[str, ...]]
+
+
 def _checked_addresses(
-    host: str, port: int, allow: str | None, *, cached: bool = False
+    host: str,
+    port: int,
+    allow: str | None,
+    *,
+    cached: bool = False,
+    resolve: Resolver | None = None,
 ) -> tuple[str, ...]:
     """Every address ``host`` resolves to, once each is known to be public or allowed."""
     hosts, networks = _allow_list(get_settings().outbound_allow if allow is None else allow)
-    answers = (_resolve_cached if cached else _resolve)(host, port)
+    answers = (resolve or (_resolve_cached if cached else _resolve))(host, port)
     if host.lower() in hosts:
         return answers
     for answer in answers:
@@ -119,31 +132,89 @@ def check_url(url: str, allow: str | None = None, *, cached: bool = False) -> No
     _checked_addresses(parts.hostname.lower(), port, allow, cached=cached)
 
 
-def pinned_address(host: str, port: int, allow: str | None = None) -> str:
+def pinned_address(
+    host: str, port: int, allow: str | None = None, *, resolve: Resolver | None = None
+) -> str:
     """The address to connect to for ``host``: resolved once and checked, so a DNS answer
     that changes between the check and the connection (rebinding) cannot slip through."""
-    return _checked_addresses(host, port, allow)[0]
+    return _checked_addresses(host, port, allow, resolve=resolve)[0]
+
+
+class GuardedBackend(httpcore.NetworkBackend):
+    """httpcore's socket layer, connecting only to a checked address of the host asked for.
+
+    The check sits where the connection is made, not in the URL: the request keeps its
+    host name, so httpcore pools connections per (scheme, host, port) and verifies each
+    host's certificate against its own name. Rewriting the URL to the address instead
+    (the earlier way) pooled by address, and a host sharing an address with another could
+    reuse that one's TLS connection without its own certificate ever being checked.
+    """
+
+    def __init__(self, trusted_hosts: frozenset[str], resolve: Resolver | None) -> None:
+        self._trusted = {host.lower() for host in trusted_hosts}
+        self._resolve = resolve
+        self._sockets = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        """A TCP stream to ``host`` (or BlockedAddress), made to the address just checked."""
+        if host.lower() not in self._trusted:
+            host = pinned_address(host, port, resolve=self._resolve)
+        return self._sockets.connect_tcp(host, port, timeout, local_address, socket_options)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        """Never: a guarded client talks to network addresses only."""
+        raise BlockedAddress("Unix sockets are not reachable through the outbound guard")
+
+    def sleep(self, seconds: float) -> None:
+        """Between connection retries."""
+        self._sockets.sleep(seconds)
 
 
 class GuardedTransport(httpx.HTTPTransport):
     """An httpx transport that connects only to checked addresses, on every hop.
 
-    Each request (each redirect hop included) is resolved and checked here, then sent to
-    the checked address with the original Host header and TLS server name.
+    Each new connection (each redirect to another host included) is resolved and checked
+    by :class:`GuardedBackend`; a pooled connection was checked when it was made.
+    ``resolve`` replaces DNS (``(host, port) -> addresses``), for tests.
     """
 
-    def __init__(self, trusted_hosts: frozenset[str] = frozenset(), **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._trusted = {host.lower() for host in trusted_hosts}
+    def __init__(
+        self,
+        trusted_hosts: frozenset[str] = frozenset(),
+        *,
+        verify: ssl.SSLContext | bool = True,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        resolve: Resolver | None = None,
+    ) -> None:
+        context = httpx.create_ssl_context(verify=verify)
+        super().__init__(verify=context, limits=limits)
+        # httpx 0.28 takes no network backend (encode/httpx#3749 would add one), so the
+        # pool HTTPTransport built (its `_pool`, the one private name relied on here) is
+        # replaced by the same pool with httpcore's documented network_backend hook: less
+        # hand-written than one pool per host name, and the limits stay shared by all hosts.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(trusted_hosts, resolve),
+        )
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Refuse anything but http(s) to a host, then send it through the guarded pool."""
         url = request.url
         if url.scheme not in ("http", "https") or not url.host:
             raise BlockedAddress("must be an http(s) URL with a host")
-        if url.host.lower() not in self._trusted:
-            address = pinned_address(url.host, url.port or (443 if url.scheme == "https" else 80))
-            if ":" in address:
-                address = f"[{address}]"
-            request.extensions = {**request.extensions, "sni_hostname": url.host}
-            request.url = url.copy_with(host=address)
         return super().handle_request(request)

@@ -26,7 +26,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     try:
         created, row_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         return datetime.fromisoformat(created), uuid.UUID(row_id)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # a forged one may nest deep
         raise InvalidInput(
             [FieldProblem("cursor", "is not a cursor this API gave out", "a next_cursor value")]
         ) from exc

@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     retry_base_delay_seconds: float = 2.0
     retry_max_delay_seconds: float = 300.0
 
-    max_request_bytes: int = 25 * 1024 * 1024
-    max_upload_bytes: int = 20 * 1024 * 1024
+    # Zero or less would refuse every request (or upload) with a 413: refused at start.
+    max_request_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
 
     worker_concurrency: int = 16
     # Where a worker serves its own counters (upstream latency and calls, deliveries).
@@ -74,7 +75,8 @@ class Settings(BaseSettings):
     max_reported_row_errors: int = Field(default=1000, ge=1)
 
     # Requests per API key across every API process, in the `limits` notation
-    # ("1200/minute", "20/second;1000/hour" is not supported: one rate); empty: no limit.
+    # ("1200/minute"); empty: no limit. One rate: a list such as "20/second;1000/hour"
+    # is refused at start, since only its first rate would be applied.
     rate_limit: str = "1200/minute"
 
     # How long the Segmind-compatible endpoint waits for a job before answering 504
@@ -142,12 +144,17 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limit_parses(cls, value: str) -> str:
         if value:
-            from limits import parse
+            from limits import parse_many
 
             try:
-                parse(value)
+                rates = parse_many(value)
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not a rate such as 1200/minute") from exc
+            if len(rates) > 1:
+                raise ValueError(
+                    f"{value!r} lists {len(rates)} rates; give one, such as 1200/minute "
+                    "(only the first of a list would be applied)"
+                )
         return value
 
     @field_validator("outbound_allow")
@@ -182,7 +189,9 @@ class Settings(BaseSettings):
     def effective_segmind_key(self) -> str:
         """The key sent upstream; the simulator accepts any non-empty key."""
         if self.uses_simulator:
-            return "simulator"
+            # Not a word: the client redacts its key from upstream text, and "simulator"
+            # would blank the word out of the simulator's own messages.
+            return "simulator-placeholder-key"
         assert self.segmind_api_key is not None
         return self.segmind_api_key.get_secret_value()
 

@@ -203,3 +203,12 @@ def test_workers_serve_their_own_metrics() -> None:
     worker = services()["worker"]
     assert worker["environment"]["RELIGHTQ_WORKER_METRICS_PORT"] == "9101"
     assert "9101" in [str(port) for port in worker.get("expose", [])]
+
+
+def test_beat_is_healthchecked_by_pinging_it_as_celerybeat_on_its_host() -> None:
+    # `relightq beat` enables Celery's beat remote control: it answers as celerybeat@<host>
+    # while its scheduler ticks (tests/ops/test_processes.py runs this very command).
+    check = services()["beat"]["healthcheck"]
+    assert check["test"][0] == "CMD-SHELL"
+    assert "inspect ping --destination celerybeat@$$HOSTNAME" in check["test"][1]
+    assert "start_period" in check and "interval" in check

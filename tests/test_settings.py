@@ -50,3 +50,30 @@ def test_a_mistyped_cidr_in_the_outbound_allow_list_is_refused_at_start() -> Non
     with pytest.raises(ValidationError, match=r"10\.0\.0\.0/33"):
         Settings(outbound_allow="hooks.internal,10.0.0.0/33")
     assert Settings(outbound_allow="hooks.internal, 10.0.0.0/8").outbound_allow
+
+
+@pytest.mark.parametrize("value", ["20/second;1000/hour", "20/second,1000/hour", "5/minute|6/hour"])
+def test_a_rate_limit_listing_several_rates_is_refused_at_start(value: str) -> None:
+    # The limiter applies one rate: a list would silently lose all but its first.
+    with pytest.raises(ValidationError, match="lists 2 rates; give one"):
+        Settings(rate_limit=value)
+    assert Settings(rate_limit="20/second").rate_limit == "20/second"
+    assert Settings(rate_limit="").rate_limit == ""  # no limit
+
+
+def test_a_rate_limit_that_is_not_a_rate_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="not a rate such as 1200/minute"):
+        Settings(rate_limit="lots")
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["RELIGHTQ_MAX_REQUEST_BYTES", "RELIGHTQ_MAX_UPLOAD_BYTES", "RELIGHTQ_MAX_BATCH_ITEMS"],
+)
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_size_limits_of_zero_or_less_are_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match="greater than"):
+        Settings()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,9 +27,11 @@ from relightq.batches import service as batches
 from relightq.errors import NotFound
 from relightq.jobs import service as jobs
 from relightq.jobs.models import Job, JobStatus
+from relightq.logs import note
 from relightq.settings import get_settings
 from relightq.storage import Storage
 from relightq.tenants import sessions
+from relightq.tenants.ratelimit import check_rate
 from relightq.tenants.sessions import LoggedIn
 from relightq.throttle.schemas import throttle_view
 from relightq.throttle.service import MANUAL, get_fleet, pause_fleet, resume_fleet
@@ -57,10 +60,16 @@ templates.env.filters["duration"] = _duration
 
 
 def logged_in(request: Request, db: DbSession) -> LoggedIn:
-    """The session's tenant, or a redirect to the login page."""
+    """The session's tenant, counted against its rate limit; or a redirect to log in."""
     who = sessions.current(db, request.cookies.get(COOKIE))
     if who is None:
         raise HTTPException(303, "log in first", headers={"Location": "/dashboard/login"})
+    # A session stands for its tenant, not for the key it was opened with (that key is not
+    # kept), so pages count against RATE_LIMIT per tenant: every browser session of one
+    # tenant shares it, apart from the keys' own limits, so opening more sessions or tabs
+    # does not buy more requests.
+    check_rate(f"dashboard-session:{who.tenant.id}")
+    note(tenant_id=who.tenant.id)
     return who
 
 
@@ -177,8 +186,11 @@ def progress(user: User, db: DbSession, ids: str = "", known: int | None = None)
 ERROR_TITLES = {403: "Not allowed", 404: "Not found", 413: "Too large", 429: "Slow down"}
 
 
-def error_page(request: Request, status: int, message: str) -> HTMLResponse:
-    """An error under /dashboard as a page, not the API's JSON (a malformed id: not found)."""
+def error_page(
+    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> HTMLResponse:
+    """An error under /dashboard as a page, not the API's JSON (a malformed id: not found);
+    ``headers`` such as Retry-After are kept."""
     if status == 422:
         status, message = 404, "Nothing here: the address is not one the dashboard made."
     title = ERROR_TITLES.get(status, "Something went wrong")
@@ -187,6 +199,7 @@ def error_page(request: Request, status: int, message: str) -> HTMLResponse:
         "error.html",
         {"tenant": None, "csrf_token": "", "title": title, "message": message},
         status_code=status,
+        headers=dict(headers or {}),
     )
     return page
 

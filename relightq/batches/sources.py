@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -16,6 +15,7 @@ from typing import IO, Any
 from relightq.batches.schemas import ALLOWED
 from relightq.errors import FieldProblem, InvalidInput
 from relightq.jobs.schemas import JobCreate
+from relightq.json_input import parse_json
 from relightq.storage import Storage, StoredObject, parse_s3_prefix
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -54,9 +54,9 @@ def jsonl_items(binary: IO[bytes]) -> Iterator[RawItem]:
             continue
         row += 1
         try:
-            item = json.loads(line)
-        except ValueError:
-            yield RawItem(row, {}, problem=FieldProblem("item", "is not valid JSON"))
+            item = parse_json(line, "item")
+        except InvalidInput as exc:
+            yield RawItem(row, {}, problem=exc.fields[0])
             continue
         if isinstance(item, dict):
             yield RawItem(row, item)
@@ -70,8 +70,12 @@ def csv_items(binary: IO[bytes]) -> Iterator[RawItem]:
     ``metadata`` holds a JSON object; ``metadata.<key>`` columns add string values.
     """
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="strict", newline="")
-    reader = csv.reader(text)
-    header = next(reader, None)
+    records = _records(csv.reader(text))
+    header = next(records, None)
+    if isinstance(header, csv.Error):
+        raise InvalidInput(
+            [FieldProblem("file", f"has a header row that cannot be read ({header})")]
+        )
     if not header:
         raise InvalidInput([FieldProblem("file", "is empty; a header row is required")])
     columns = [name.strip() for name in header]
@@ -96,13 +100,28 @@ def csv_items(binary: IO[bytes]) -> Iterator[RawItem]:
         )
     if problems:
         raise InvalidInput(problems)
-    for row, cells in enumerate(reader, start=1):
+    for row, cells in enumerate(records, start=1):
+        if isinstance(cells, csv.Error):
+            yield RawItem(row, {}, problem=FieldProblem("item", f"cannot be read as CSV ({cells})"))
+            continue
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) > len(columns):
             yield RawItem(row, {}, problem=FieldProblem("item", "has more cells than the header"))
             continue
         yield _csv_item(row, columns, cells)
+
+
+def _records(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
+    """Each record, or the csv.Error that made one unreadable (a cell over the csv module's
+    128 KiB field limit, say); the reader goes on with the next record after one."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield exc
 
 
 def _csv_item(row: int, columns: list[str], cells: list[str]) -> RawItem:
@@ -116,9 +135,9 @@ def _csv_item(row: int, columns: list[str], cells: list[str]) -> RawItem:
             metadata[name.removeprefix(METADATA_COLUMN_PREFIX)] = value
         elif name == "metadata":
             try:
-                parsed = json.loads(value)
-            except ValueError:
-                parsed = None
+                parsed = parse_json(value, "metadata", ALLOWED["metadata"])
+            except InvalidInput as exc:
+                return RawItem(row, fields, problem=exc.fields[0])
             if not isinstance(parsed, dict):
                 problem = FieldProblem("metadata", "is not a JSON object", ALLOWED["metadata"])
                 return RawItem(row, fields, problem=problem)

@@ -26,7 +26,7 @@ from relightq.jobs.schemas import (
 )
 from relightq.pagination import newest_first, page
 from relightq.segmind.params import EXTENSIONS
-from relightq.storage import Storage, parse_s3_uri
+from relightq.storage import Storage, parse_s3_prefix
 
 UPLOAD_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 MAX_UPLOAD_PIXELS = 40_000_000  # far above IC-Light's inputs; stops decompression bombs
@@ -73,10 +73,12 @@ def _new_job(tenant_id: uuid.UUID, options: JobOptions, subject: str, job_id: uu
 
 
 def foreign_subject_problem(tenant_id: uuid.UUID, subject: str, bucket: str) -> FieldProblem | None:
-    """Why ``subject`` may not be used by this tenant, or None."""
+    """Why ``subject`` (an object, or a prefix a batch lists) may not be used by this
+    tenant, or None."""
     if not subject.startswith("s3://"):
         return None
-    subject_bucket, key = parse_s3_uri(subject)
+    # A prefix may be empty (a whole bucket): an empty key is outside every tenant's area.
+    subject_bucket, key = parse_s3_prefix(subject)
     # relightq's bucket holds every tenant's images: only your own area is yours.
     mine = (f"inputs/{tenant_id}/", f"outputs/{tenant_id}/")
     if subject_bucket == bucket and not key.startswith(mine):

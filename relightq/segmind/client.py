@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from relightq.logs import redact
 from relightq.netguard import BlockedAddress, GuardedTransport
 from relightq.segmind.errors import (
     SegmindError,
@@ -79,15 +80,20 @@ def parse_reset_at(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _error_message(response: httpx.Response) -> str:
-    """Segmind's ``{"error": ...}`` text, or a short form of an HTML or text body."""
+def _error_message(response: httpx.Response, api_key: str = "") -> str:
+    """Segmind's ``{"error": ...}`` text, or a short form of an HTML or text body, with
+    secrets redacted: it becomes a job's error and the fleet's pause reason, which every
+    tenant sees, and an upstream (or a proxy) may echo the key it was sent.
+
+    Redacted before it is shortened, so a cut cannot leave part of a key behind.
+    """
     try:
         body = response.json()
         if isinstance(body, dict) and body.get("error"):
-            return str(body["error"])[:1000]
-    except ValueError:
+            return redact(str(body["error"]), api_key)[:1000]
+    except (ValueError, RecursionError):  # not JSON, or too deep to parse: use the text
         pass
-    text = re.sub(r"<[^>]+>", " ", response.text)
+    text = redact(re.sub(r"<[^>]+>", " ", response.text), api_key)
     text = " ".join(text.split())[:300]
     return text or response.reason_phrase or f"HTTP {response.status_code}"
 
@@ -151,7 +157,7 @@ class SegmindClient:
             files = {"subject_image": (subject.filename, subject.data, subject.content_type)}
             data = {name: str(value) for name, value in fields.items()}
             response = self._request("POST", RELIGHT_PATH, data=data, files=files)
-        raise_for_status(response)
+        raise_for_status(response, self._api_key)
         images = self._images(response)
         if not images:
             raise SegmindUnavailable("Segmind answered 200 without an image")
@@ -160,7 +166,7 @@ class SegmindClient:
     def get_credits(self) -> float:
         """The account's balance; this endpoint is free."""
         response = self._request("GET", CREDITS_PATH)
-        raise_for_status(response)
+        raise_for_status(response, self._api_key)
         try:
             return float(response.json()["credits"])
         except (ValueError, KeyError, TypeError) as exc:
@@ -232,12 +238,13 @@ def _remaining_credits(response: httpx.Response) -> float | None:
         return None
 
 
-def raise_for_status(response: httpx.Response) -> None:
-    """Map a non-2xx answer to the SegmindError subclass that decides what happens next."""
+def raise_for_status(response: httpx.Response, api_key: str = "") -> None:
+    """Map a non-2xx answer to the SegmindError subclass that decides what happens next;
+    ``api_key`` (the one sent) is redacted from its message, as is the configured key."""
     status = response.status_code
     if status < 300:
         return
-    message = _error_message(response)
+    message = _error_message(response, api_key)
     error: SegmindError
     if status == 401:
         error = SegmindUnauthorized(message, status)

@@ -17,6 +17,8 @@ from PIL import Image, ImageOps
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from relightq.errors import InvalidInput
+from relightq.json_input import parse_json
 from relightq.segmind.params import ALLOWED, RelightParams
 
 # What the upstream's front server answers a wrong method with: an HTML page, not JSON.
@@ -93,9 +95,9 @@ async def parse_request(request: Request) -> tuple[RelightParams, str | bytes]:
     fields: dict[str, Any] = {}
     if media == "application/json":
         try:
-            body = await request.json()
-        except ValueError as exc:
-            raise Reject(422, f"Invalid JSON body: {exc}") from exc
+            body = parse_json(await request.body(), "body")
+        except InvalidInput as exc:
+            raise Reject(422, f"The JSON body {exc.fields[0].message}") from exc
         if not isinstance(body, dict):
             raise Reject(422, "JSON body must be an object")
         fields = dict(body)

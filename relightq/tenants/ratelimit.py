@@ -39,22 +39,31 @@ def limiter_for(storage_url: str, limit: str) -> tuple[MovingWindowRateLimiter, 
     return MovingWindowRateLimiter(storage), parse(limit)
 
 
-def check_rate(api_key: str) -> None:
-    """Count one request for ``api_key``; RateLimited (429 + Retry-After) past the limit."""
+def retry_after(*identity: str) -> int | None:
+    """Count one request for ``identity``: None while within RATE_LIMIT, else the seconds
+    until the window lets it in again. Shared by every limit (keys, dashboards, triggers),
+    each under its own identity."""
     limiter = _limiter()
     if limiter is None:
-        return
+        return None
     strategy, item = limiter
-    # Identified by a digest, so the key itself is never written to Redis.
-    identity = hashlib.sha256(api_key.encode()).hexdigest()[:32]
     try:
-        if strategy.hit(item, "relightq", identity):
-            return
-        reset = strategy.get_window_stats(item, "relightq", identity).reset_time
+        if strategy.hit(item, "relightq", *identity):
+            return None
+        reset = strategy.get_window_stats(item, "relightq", *identity).reset_time
     except StorageError as exc:
         # Fail open: PostgreSQL, not Redis, holds the jobs, so requests are still served
         # (and work published later by the sweeper) while Redis is away; /readyz says so.
+        # Only the error's class is logged: its text may name the Redis URL.
         cause = type(exc.storage_error).__name__
         log.warning("rate limit not checked, Redis unavailable: %s", cause)
-        return
-    raise RateLimited(get_settings().rate_limit, max(1, math.ceil(reset - time.time())))
+        return None
+    return max(1, math.ceil(reset - time.time()))
+
+
+def check_rate(api_key: str) -> None:
+    """Count one request for ``api_key``; RateLimited (429 + Retry-After) past the limit."""
+    # Identified by a digest, so the key itself is never written to Redis.
+    wait = retry_after(hashlib.sha256(api_key.encode()).hexdigest()[:32])
+    if wait is not None:
+        raise RateLimited(get_settings().rate_limit, wait)

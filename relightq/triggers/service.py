@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import math
 import time
 import uuid
@@ -31,6 +30,7 @@ from relightq.errors import FieldProblem, InvalidInput, NotFound, RelightqError,
 from relightq.jobs.schemas import ALLOWED as JOB_ALLOWED
 from relightq.jobs.schemas import JobCreate
 from relightq.jobs.service import create_job, foreign_subject_problem
+from relightq.json_input import parse_json
 from relightq.triggers.models import Trigger, TriggerEvent
 from relightq.triggers.ratelimit import check_trigger_rate
 from relightq.triggers.schemas import (
@@ -327,12 +327,10 @@ def receive(
     # not counted (a 404 stores nothing), as unknown API keys are not.
     check_trigger_rate(trigger.name)
     event_id = _stored_event_id(verify(trigger, headers, body))
-    try:
-        # Another system's text may hold NUL characters, which PostgreSQL cannot store and
-        # the tenant cannot fix: they are dropped rather than the event refused.
-        payload = _without_nul(json.loads(body))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput([FieldProblem("body", "is not valid JSON", "a JSON event")]) from exc
+    # Another system's text may hold NUL characters, which PostgreSQL cannot store and
+    # the tenant cannot fix: they are dropped rather than the event refused. Not JSON, or
+    # nested too deep to map safely, is a 422 naming the body.
+    payload = _without_nul(parse_json(body, "body", "a JSON event"))
     keys = _dedupe_keys(trigger, event_id, body)
     # A concurrent request holding one of the keys makes this INSERT wait for its commit.
     savepoint = session.begin_nested()

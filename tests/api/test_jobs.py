@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -198,6 +199,8 @@ def test_listing_pages_with_a_cursor_and_filters_by_status(api: httpx.Client) ->
 def test_bad_list_parameters_are_422s_naming_them(api: httpx.Client) -> None:
     assert "status" in fields_of(api.get("/v1/jobs", params={"status": "done"}))
     assert "cursor" in fields_of(api.get("/v1/jobs", params={"cursor": "garbage!"}))
+    forged = base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode()  # parser-deep
+    assert "cursor" in fields_of(api.get("/v1/jobs", params={"cursor": forged}))
     assert "limit" in fields_of(api.get("/v1/jobs", params={"limit": 0}))
     assert api.get(f"/v1/jobs/{uuid.uuid4()}").status_code == 404
     assert "job_id" in fields_of(api.get("/v1/jobs/not-a-uuid"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -46,6 +47,35 @@ def test_each_api_key_gets_its_own_rate_limit_then_a_429_with_retry_after(
     assert refused.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert other.status_code == 200
+
+
+@contextmanager
+def dashboard_session(services: Services, tenant: TenantKey) -> Iterator[httpx.Client]:
+    """A browser logged in to the dashboard with the tenant's key (the cookie holds it)."""
+    with httpx.Client(base_url=services.api) as browser:
+        login = browser.post("/dashboard/login", data={"api_key": tenant.key})
+        assert login.status_code == 303, login.text
+        yield browser
+
+
+@pytest.mark.usefixtures("low_rate_limit")
+def test_dashboard_pages_count_against_the_tenants_rate_limit_across_its_sessions(
+    services: Services, make_tenant: Callable[[], TenantKey]
+) -> None:
+    first, second = make_tenant(), make_tenant()
+    with dashboard_session(services, first) as tab, dashboard_session(services, first) as other:
+        answers = [tab.get("/dashboard/batches").status_code for _ in range(3)]
+        answers += [other.get("/dashboard/jobs").status_code for _ in range(2)]
+        refused = tab.get("/dashboard/progress.json")
+        refused_too = other.get("/dashboard/batches")
+    with dashboard_session(services, second) as stranger:
+        unaffected = stranger.get("/dashboard/batches")
+
+    assert answers == [200] * 5
+    assert refused.status_code == refused_too.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert "rate limit" in refused_too.text
+    assert unaffected.status_code == 200
 
 
 def test_while_redis_is_away_requests_are_served_without_the_rate_limit(

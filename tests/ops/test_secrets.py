@@ -9,10 +9,15 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from relightq.db import session_scope
+from relightq.jobs.models import Job
 from relightq.logs import configure, unconfigure
+from relightq.serving import serve_in_thread
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import shop_image, submit_photo, wait_for
+from tests.segmind.echo_upstream import echoing_upstream
 from tests.support.caches import reset_caches
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -93,3 +98,44 @@ def test_log_lines_carry_the_job_batch_and_tenant_they_are_about(
     assert about_job, lines
     assert all(line["tenant_id"] == str(tenant.id) for line in about_job if "tenant_id" in line)
     assert any(line.get("batch_id") == batch["id"] for line in about_job)
+
+
+ECHOED_KEY = "SG_live_echoed_0d4c8a6e2b"
+
+
+@pytest.fixture
+def echoing_upstream_key(
+    services: Services, simulator: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Run with a Segmind key against an upstream that quotes it back in its errors."""
+    with serve_in_thread(echoing_upstream()) as upstream:
+        monkeypatch.setenv("RELIGHTQ_SEGMIND_API_KEY", ECHOED_KEY)
+        monkeypatch.setenv("RELIGHTQ_SEGMIND_BASE_URL", upstream)
+        reset_caches()
+        yield
+        monkeypatch.undo()
+        reset_caches()
+
+
+@pytest.mark.usefixtures("echoing_upstream_key")
+def test_an_upstream_quoting_the_key_gets_it_into_no_job_record_and_no_fleet_state(
+    api: httpx.Client, operator: TenantKey, services: Services
+) -> None:
+    body = {"subject_image": "https://example.com/shoe.png"}
+    rejected = api.post("/v1/jobs", json={**body, "prompt": "reject"}).json()["id"]
+    failed = wait_for(api, rejected, "failed")
+    refused = api.post("/v1/jobs", json={**body, "prompt": "unauthorized"}).json()["id"]
+    waiting = wait_for(api, refused, "waiting")
+    throttle = api.get("/v1/throttle")
+
+    assert failed["error"]["message"].startswith("Segmind answered 422: Invalid parameters")
+    assert "[redacted]" in failed["error"]["message"]
+    assert throttle.json()["state"] == "paused"
+    assert throttle.json()["reason"] == "API key [redacted] is not valid"
+    for answer in (json.dumps(failed), json.dumps(waiting), throttle.text):
+        assert ECHOED_KEY not in answer
+    with session_scope() as session:
+        stored = session.scalars(select(Job.error_message).where(Job.id == rejected)).one()
+    assert stored and ECHOED_KEY not in stored
+    with httpx.Client(base_url=services.api, headers={"x-api-key": operator.key}) as ops:
+        ops.post("/v1/throttle/resume").raise_for_status()

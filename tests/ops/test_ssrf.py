@@ -4,14 +4,21 @@ a DNS answer, not via a redirect, not via an output URL the upstream hands back.
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from relightq.netguard import BlockedAddress, GuardedTransport, check_url
 from relightq.segmind.client import SegmindClient
@@ -104,3 +111,88 @@ def test_an_output_url_pointing_inside_the_network_fails_the_call_without_fetchi
         with pytest.raises(SegmindRejected, match="not allowed"):
             client.relight(RelightParams(prompt="x"), "https://example.com/a.png")
         client.close()
+
+
+def self_signed(host: str) -> tuple[bytes, bytes]:
+    """A certificate valid for ``host`` only, and its key, as PEM."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+@contextmanager
+def https_server(cert_pem: bytes, key_pem: bytes, tmp_path: Path) -> Iterator[int]:
+    """A keep-alive HTTPS server on 127.0.0.1 answering with the Host it was asked for."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep connections open, so a client can pool them
+
+        def do_GET(self) -> None:
+            body = str(self.headers.get("host")).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_each_host_name_gets_its_own_tls_connection_and_certificate_check(
+    tmp_path: Path,
+) -> None:
+    # Two names, one address (127.0.0.1, allowed in the suite), a certificate for one name.
+    cert_pem, key_pem = self_signed("alpha.test")
+    trust = ssl.create_default_context(cadata=cert_pem.decode())
+    transport = GuardedTransport(verify=trust, resolve=lambda host, port: ("127.0.0.1",))
+    with (
+        https_server(cert_pem, key_pem, tmp_path) as port,
+        httpx.Client(transport=transport) as client,
+    ):
+        first = client.get(f"https://alpha.test:{port}/")
+        again = client.get(f"https://alpha.test:{port}/")  # pooled: same host, same check
+        # Served over alpha's pooled connection, this would pass unchecked.
+        with pytest.raises(httpx.ConnectError, match=r"(?i)certificate|hostname"):
+            client.get(f"https://beta.test:{port}/")
+
+    assert first.text == again.text == f"alpha.test:{port}"
+
+
+def test_the_guard_checks_the_address_a_name_resolves_to_on_a_new_connection() -> None:
+    transport = GuardedTransport(resolve=lambda host, port: ("10.0.0.7",))
+    with (
+        httpx.Client(transport=transport) as client,
+        pytest.raises(BlockedAddress, match=r"10\.0\.0\.7"),
+    ):
+        client.get("http://shop.example/hook")

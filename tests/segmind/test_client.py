@@ -24,8 +24,9 @@ from relightq.segmind.errors import (
     SegmindUnavailable,
 )
 from relightq.segmind.params import RelightParams
-from relightq.serving import free_port
+from relightq.serving import free_port, serve_in_thread
 from tests.conftest import Services
+from tests.segmind.echo_upstream import echoing_upstream
 from tests.support.images import product_png
 
 UPLOAD = SubjectUpload(product_png(), "shoe.png", "image/png")
@@ -186,3 +187,42 @@ def test_credits_are_read_from_get_user_credits(
 def test_reset_header_parses_iso_or_epoch(header: str, epoch: float | None) -> None:
     parsed = parse_reset_at(header)
     assert (parsed.timestamp() if parsed else None) == epoch
+
+
+ECHOED_KEY = "sg_echoed_7e3b9c1d5a2f4e8b"
+
+
+@pytest.fixture
+def echoing_client() -> Iterator[SegmindClient]:
+    """A client with a key of its own (not the configured one) on an upstream quoting it."""
+    with serve_in_thread(echoing_upstream()) as url:
+        segmind = SegmindClient(url, ECHOED_KEY, timeout=10)
+        yield segmind
+        segmind.close()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "error"),
+    [
+        ("reject", SegmindRejected),  # 422 JSON
+        ("unauthorized", SegmindUnauthorized),  # 401 JSON
+        ("proxy", SegmindUnavailable),  # 502 HTML
+        ("long", SegmindRejected),  # the key across the 1000-character cut
+    ],
+)
+def test_an_upstream_quoting_the_key_never_gets_it_into_an_error_message(
+    echoing_client: SegmindClient, prompt: str, error: type[Exception]
+) -> None:
+    with pytest.raises(error) as caught:
+        echoing_client.relight(RelightParams(prompt=prompt), "https://example.com/shoe.png")
+
+    message = str(caught.value)
+    assert ECHOED_KEY[:6] not in message, message  # not whole, and no piece left by a cut
+    assert "[reda" in message  # "[redacted]", perhaps cut short itself
+
+
+def test_the_credits_probe_never_gets_the_quoted_key_into_its_error(
+    echoing_client: SegmindClient,
+) -> None:
+    with pytest.raises(SegmindUnauthorized, match=r"API key \[redacted\] is not valid"):
+        echoing_client.get_credits()

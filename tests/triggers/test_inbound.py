@@ -305,6 +305,21 @@ def test_an_event_whose_images_are_not_urls_is_a_422_and_not_marked_done(
     assert events_of(name) == 0 and jobs_of(tenant) == 0
 
 
+def test_a_signed_event_nested_too_deep_is_a_422_naming_the_body(
+    services: Services, api: httpx.Client, tenant: TenantKey
+) -> None:
+    name = shopify_trigger(api)
+    for body in (b"[" * 5000 + b"]" * 5000, b'{"images": ' + b"[" * 100 + b"]" * 100 + b"}"):
+        with httpx.Client(base_url=services.api) as shopify:
+            response = shopify.post(
+                f"/v1/triggers/{name}", content=body, headers=shopify_headers(body, "e-deep")
+            )
+        assert response.status_code == 422, response.text
+        [problem] = response.json()["error"]["fields"]
+        assert problem["field"] == "body" and "nests too deeply" in problem["message"]
+    assert events_of(name) == 0 and jobs_of(tenant) == 0
+
+
 def test_nul_characters_in_a_signed_event_are_dropped_not_a_500(
     services: Services, api: httpx.Client, tenant: TenantKey
 ) -> None:
