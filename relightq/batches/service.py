@@ -208,7 +208,9 @@ def _take(
     if nul and not problems:
         problems.append(FieldProblem(nul, NUL_MESSAGE))
     request: JobCreate | None = None
-    if not problems:
+    # A row with one unreadable cell (a bad metadata cell) is still checked field by field,
+    # so the 422 lists all its problems at once; an unreadable record has no fields.
+    if not problems or (item.problem and item.fields and not nul):
         merged = {**spec.defaults, **item.fields}
         merged.setdefault("priority", BATCH_DEFAULT_PRIORITY)
         if isinstance(spec.defaults.get("metadata"), dict) and isinstance(
@@ -218,9 +220,9 @@ def _take(
         try:
             request = JobCreate.model_validate(merged)
         except ValidationError as exc:
-            problems = field_problems(exc.errors(), ALLOWED)
+            problems += field_problems(exc.errors(), ALLOWED)
     template = None
-    if request is not None:
+    if request is not None and not problems:
         foreign = foreign_subject_problem(
             state.batch.tenant_id, request.subject_image, storage.bucket
         )

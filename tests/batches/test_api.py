@@ -186,6 +186,26 @@ def test_a_batch_with_bad_rows_is_rejected_whole_listing_every_bad_row(
     assert api.get("/v1/batches").json()["items"] == []
 
 
+def test_a_row_with_a_bad_metadata_cell_lists_its_other_problems_too(
+    api: httpx.Client, tenant: TenantKey
+) -> None:
+    rows: list[dict[str, Any]] = [
+        {"subject_image": "ftp://example.com/b.png", "steps": 500, "metadata": "{bad"},
+    ]
+
+    response = api.post("/v1/batches", files={"file": ("bad.csv", csv_file(rows))})
+
+    assert response.status_code == 422, response.text
+    fields = sorted(f["field"] for f in response.json()["error"]["fields"])
+    assert fields == [
+        "rows[1].metadata",
+        "rows[1].prompt",
+        "rows[1].steps",
+        "rows[1].subject_image",
+    ]
+    assert _jobs_of(tenant) == 0
+
+
 def test_skip_invalid_runs_the_good_rows_and_reports_the_bad_ones(
     api: httpx.Client, simulator: httpx.Client
 ) -> None:
