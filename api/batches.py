@@ -17,6 +17,7 @@ from starlette.datastructures import UploadFile
 
 from api.bodies import read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
+from api.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_PARAMETER
 from api.idempotency import key_of, remember, replay_or_claim
 from relightq.batches import service
 from relightq.batches.schemas import (
@@ -69,7 +70,8 @@ _REQUEST_BODY = {
             "application/json": {"schema": BatchCreate.model_json_schema()},
             "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
         },
-    }
+    },
+    "parameters": [IDEMPOTENCY_PARAMETER],
 }
 _JSON_FIELDS = ("defaults", "metadata")
 

@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from contextlib import suppress
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -32,6 +33,7 @@ from relightq.errors import InvalidInput, RateLimited, RelightqError, Unauthoriz
 from relightq.jobs import service
 from relightq.jobs.models import FINAL_STATUSES
 from relightq.jobs.schemas import JobCreate, JobOptions
+from relightq.segmind.params import RelightParams
 from relightq.segmind.wire import Reject, SubjectImageError, decode_subject, parse_request
 from relightq.settings import get_settings
 from relightq.throttle.service import get_fleet
@@ -51,11 +53,87 @@ def _problems(exc: InvalidInput) -> str:
     return "Invalid parameters: " + "; ".join(f"{p.field} {p.message}" for p in exc.fields)
 
 
+# Documented as Segmind documents its endpoint: the same fields as JSON (an image URL) or
+# multipart (a file or a URL), the key in x-api-key, and Segmind's status codes.
+_PARAMS_SCHEMA = RelightParams.model_json_schema()
+_COMPAT_REQUEST: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "x-api-key",
+            "in": "header",
+            "required": True,
+            "description": "a relightq API key (where Segmind takes a Segmind key)",
+            "schema": {"type": "string"},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    **_PARAMS_SCHEMA,
+                    "properties": {
+                        **_PARAMS_SCHEMA["properties"],
+                        "subject_image": {"type": "string", "format": "uri"},
+                    },
+                    "required": ["prompt", "subject_image"],
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        **_PARAMS_SCHEMA["properties"],
+                        "subject_image": {
+                            "description": "an image file, or its URL as text",
+                            "type": "string",
+                            "format": "binary",
+                        },
+                    },
+                    "required": ["prompt", "subject_image"],
+                }
+            },
+        },
+    },
+}
+_SEGMIND_ERROR = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"error": {"type": "string"}},
+                "required": ["error"],
+            }
+        }
+    }
+}
+_COMPAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the image bytes; x-remaining-credits as Segmind sends it",
+        "content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}},
+        "headers": {"x-remaining-credits": {"schema": {"type": "string"}}},
+    },
+    **{
+        status: {"description": description, **_SEGMIND_ERROR}
+        for status, description in {
+            401: "missing or invalid x-api-key",
+            406: "not enough credits: the fleet is paused for credits (no job is made)",
+            422: "invalid parameters, in Segmind's words",
+            429: "rate limited (Retry-After)",
+            500: "Segmind kept failing after every retry",
+            503: "the fleet is paused by an operator or a dependency is down (Retry-After)",
+            504: "no answer within COMPAT_WAIT_SECONDS; the job goes on (Location)",
+        }.items()
+    },
+}
+
+
 @router.post(
     "/v1/ic-light",
     summary="Segmind IC-Light v1, queued: same fields, same answers",
     response_class=Response,
-    responses={200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {}}}},
+    responses=_COMPAT_RESPONSES,
+    openapi_extra=_COMPAT_REQUEST,
 )
 async def ic_light(request: Request, db: DbSession, storage: CurrentStorage) -> Response:
     """JSON or multipart exactly as Segmind takes them; waits for the image."""

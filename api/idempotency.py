@@ -11,9 +11,20 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from relightq.idempotency import service
-from relightq.idempotency.service import HEADER
+from relightq.idempotency.service import ALLOWED, HEADER
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+# The header as the OpenAPI documents it on every route that honours it (the routes read
+# it from the request themselves, so FastAPI would not list it).
+OPENAPI_PARAMETER: dict[str, Any] = {
+    "name": HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Retrying with the same key and body replays the first answer "
+    f"({REPLAYED_HEADER}: true) and creates nothing more; the same key with another body "
+    f"is a 422 idempotency_key_reused. Kept at least 24 h, per tenant. {ALLOWED}.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
 
 
 def key_of(headers: Any) -> str | None:

@@ -14,6 +14,7 @@ from starlette.datastructures import UploadFile
 
 from api.bodies import read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
+from api.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_PARAMETER
 from api.idempotency import key_of, remember, replay_or_claim
 from api.waiting import prefer_wait, wait_for_job
 from relightq.db import session_scope
@@ -50,7 +51,29 @@ _REQUEST_BODY = {
             "application/json": {"schema": JobCreate.model_json_schema()},
             "multipart/form-data": {"schema": _MULTIPART_SCHEMA},
         },
-    }
+    },
+    "parameters": [
+        IDEMPOTENCY_PARAMETER,
+        {
+            "name": "Prefer",
+            "in": "header",
+            "required": False,
+            "description": "RFC 7240 wait=N (N up to 60): wait up to N seconds for the "
+            "final state, answered 200 with Preference-Applied; else 202 as usual.",
+            "schema": {"type": "string", "example": "wait=30"},
+        },
+    ],
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": JobOut,
+        "description": "With Prefer: wait=N, the job reached a final state in time",
+        "headers": {"Preference-Applied": {"schema": {"type": "string"}}},
+    },
+    202: {
+        "description": "Accepted: the job is stored and queued (see Location)",
+        "headers": {"Location": {"schema": {"type": "string"}}},
+    },
 }
 
 
@@ -74,6 +97,7 @@ async def _read_upload(upload: UploadFile | str | None, limit: int) -> bytes:
     status_code=202,
     response_model=JobOut,
     openapi_extra=_REQUEST_BODY,
+    responses=_RESPONSES,
     summary="Submit one relight job (JSON with an image URL, or multipart with a file)",
 )
 async def create_job(
