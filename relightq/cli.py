@@ -14,6 +14,11 @@ from relightq.schedules.cli import schedule_app
 app = typer.Typer(help="relightq: relight product images with Segmind IC-Light, queued.")
 keys_app = typer.Typer(help="Manage client API keys.")
 app.add_typer(keys_app, name="keys")
+buckets_app = typer.Typer(
+    help="Grant tenants the buckets (besides relightq's own) they may read images from and "
+    "write outputs to with relightq's S3 credentials."
+)
+app.add_typer(buckets_app, name="buckets")
 throttle_app = typer.Typer(help="See, pause and resume the fleet's upstream calls.")
 app.add_typer(throttle_app, name="throttle")
 app.add_typer(batch_app, name="batch")
@@ -160,14 +165,80 @@ def keys_create(
     operator: Annotated[
         bool, typer.Option(help="Let this tenant pause and resume the whole fleet.")
     ] = False,
+    bucket: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="BUCKET",
+            help="Also grant the tenant this bucket (see `relightq buckets`). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Create an API key for TENANT and print it once (only its hash is stored)."""
     from relightq.db import session_scope
-    from relightq.tenants.service import create_key, get_or_create_tenant
+    from relightq.tenants.service import create_key, get_or_create_tenant, grant_bucket
 
     with session_scope() as session:
-        key = create_key(session, get_or_create_tenant(session, tenant, operator=operator))
+        owner = get_or_create_tenant(session, tenant, operator=operator)
+        key = create_key(session, owner)
+        for name in bucket or []:
+            grant_bucket(session, owner, name)
     console.print(key, soft_wrap=True, highlight=False)
+
+
+BucketNames = Annotated[
+    list[str], typer.Argument(metavar="BUCKET...", help="Bucket names.", show_default=False)
+]
+TenantName = Annotated[str, typer.Argument(metavar="TENANT", help="Tenant name.")]
+
+
+@buckets_app.command("grant")
+def buckets_grant(tenant: TenantName, buckets: BucketNames) -> None:
+    """Let TENANT use BUCKET... for subjects, prefixes and outputs (TENANT created if new)."""
+    from relightq.db import session_scope
+    from relightq.tenants.service import get_or_create_tenant, grant_bucket
+
+    with session_scope() as session:
+        owner = get_or_create_tenant(session, tenant)
+        for name in buckets:
+            grant_bucket(session, owner, name)
+    console.print(f"{tenant} may use: {', '.join(buckets)}", highlight=False)
+
+
+@buckets_app.command("revoke")
+def buckets_revoke(tenant: TenantName, buckets: BucketNames) -> None:
+    """Take BUCKET... back from TENANT (jobs already accepted still run)."""
+    from sqlalchemy import select
+
+    from relightq.db import session_scope
+    from relightq.tenants.models import Tenant
+    from relightq.tenants.service import revoke_bucket
+
+    with session_scope() as session:
+        owner = session.scalar(select(Tenant).where(Tenant.name == tenant))
+        if owner is None:
+            console.print(f"[red]no tenant named {tenant}[/red]")
+            raise typer.Exit(1)
+        missing = [name for name in buckets if not revoke_bucket(session, owner, name)]
+    if missing:
+        console.print(f"{tenant} had no grant for: {', '.join(missing)}", highlight=False)
+    console.print(f"{tenant} may no longer use: {', '.join(buckets)}", highlight=False)
+
+
+@buckets_app.command("list")
+def buckets_list() -> None:
+    """Every tenant's granted buckets."""
+    from relightq.db import session_scope
+    from relightq.settings import get_settings
+    from relightq.tenants.service import list_grants
+
+    if not get_settings().require_bucket_grants:
+        console.print("RELIGHTQ_REQUIRE_BUCKET_GRANTS is off: every tenant may use any bucket.")
+    with session_scope() as session:
+        grants = list_grants(session)
+    if not grants:
+        console.print("No bucket grants.")
+    for tenant, bucket in grants:
+        console.print(f"{tenant}  {bucket}", highlight=False)
 
 
 def _show_throttle() -> None:

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # Demo mode keeps results in a folder instead of a bucket (SPEC §4).
     local_storage_dir: str | None = None
     presign_expires_seconds: int = 3600
+    # Other buckets are read and written with relightq's credentials, so one tenant could
+    # name another's: each tenant may use only the buckets an operator granted it
+    # (`relightq buckets grant`). False: any bucket, for single-tenant deployments.
+    require_bucket_grants: bool = True
 
     segmind_api_key: SecretStr | None = None
     segmind_base_url: str = SEGMIND_PUBLIC_URL

@@ -54,7 +54,11 @@ from relightq.migrate import upgrade  # noqa: E402
 from relightq.serving import free_port, serve_in_thread  # noqa: E402
 from relightq.settings import get_settings  # noqa: E402
 from relightq.storage import S3Storage  # noqa: E402
-from relightq.tenants.service import create_key, get_or_create_tenant  # noqa: E402
+from relightq.tenants.service import (  # noqa: E402
+    create_key,
+    get_or_create_tenant,
+    grant_bucket,
+)
 from tests.support.caches import reset_caches  # noqa: E402
 from tests.support.receiver import Receiver, receiver  # noqa: E402
 
@@ -148,15 +152,22 @@ class TenantKey:
     key: str
 
 
+# The customer buckets the suite's tenants name, granted to each as an operator would
+# (`relightq buckets grant`); tests/tenants/test_buckets.py shows an ungranted one refused.
+GRANTED_BUCKETS = ("shop-images", "shop", "no-such-bucket")
+
+
 @pytest.fixture
 def make_tenant(database: str) -> Callable[[], TenantKey]:
-    """Factory: a new tenant with one API key."""
+    """Factory: a new tenant with one API key and the suite's customer buckets."""
 
     def make() -> TenantKey:
         name = f"tenant-{uuid.uuid4().hex[:8]}"
         with session_scope() as session:
             tenant = get_or_create_tenant(session, name)
             key = create_key(session, tenant)
+            for bucket in GRANTED_BUCKETS:
+                grant_bucket(session, tenant, bucket)
         return TenantKey(tenant.id, name, key)
 
     return make
@@ -169,6 +180,8 @@ def operator(database: str) -> TenantKey:
     with session_scope() as session:
         tenant = get_or_create_tenant(session, name, operator=True)
         key = create_key(session, tenant)
+        for bucket in GRANTED_BUCKETS:
+            grant_bucket(session, tenant, bucket)
     return TenantKey(tenant.id, name, key)
 
 

@@ -52,3 +52,16 @@ class DashboardSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class BucketGrant(Base):
+    """A bucket (other than relightq's own) a tenant may read subjects from and write
+    outputs to with relightq's credentials; granted by an operator, per tenant."""
+
+    __tablename__ = "bucket_grants"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    bucket: Mapped[str] = mapped_column(String(63), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

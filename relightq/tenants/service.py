@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from relightq.tenants.models import ApiKey, Tenant
+from relightq.db import utcnow
+from relightq.settings import get_settings
+from relightq.tenants.models import ApiKey, BucketGrant, Tenant
 
 KEY_PREFIX = "rq_"
 
@@ -49,3 +53,45 @@ def authenticate(session: Session, key: str) -> Tenant | None:
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
         .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
     )
+
+
+def usable_buckets(session: Session, tenant_id: uuid.UUID) -> frozenset[str] | None:
+    """The buckets besides relightq's own that ``tenant_id`` may name, or None for any
+    (RELIGHTQ_REQUIRE_BUCKET_GRANTS=false)."""
+    if not get_settings().require_bucket_grants:
+        return None
+    return granted_buckets(session, tenant_id)
+
+
+def granted_buckets(session: Session, tenant_id: uuid.UUID) -> frozenset[str]:
+    """The buckets besides relightq's own that ``tenant_id`` may use."""
+    return frozenset(
+        session.scalars(select(BucketGrant.bucket).where(BucketGrant.tenant_id == tenant_id))
+    )
+
+
+def grant_bucket(session: Session, tenant: Tenant, bucket: str) -> None:
+    """Let ``tenant`` read subjects from and write outputs to ``bucket`` (idempotent)."""
+    session.execute(
+        insert(BucketGrant)
+        .values(tenant_id=tenant.id, bucket=bucket, created_at=utcnow())
+        .on_conflict_do_nothing()
+    )
+
+
+def revoke_bucket(session: Session, tenant: Tenant, bucket: str) -> bool:
+    """Take ``bucket`` back from ``tenant``; False if it had no such grant."""
+    done = session.execute(
+        delete(BucketGrant).where(BucketGrant.tenant_id == tenant.id, BucketGrant.bucket == bucket)
+    )
+    return bool(getattr(done, "rowcount", 0))
+
+
+def list_grants(session: Session) -> list[tuple[str, str]]:
+    """Every (tenant name, bucket) grant, by tenant then bucket."""
+    rows = session.execute(
+        select(Tenant.name, BucketGrant.bucket)
+        .join(BucketGrant, BucketGrant.tenant_id == Tenant.id)
+        .order_by(Tenant.name, BucketGrant.bucket)
+    )
+    return [(name, bucket) for name, bucket in rows]

@@ -31,6 +31,7 @@ from relightq.jobs.schemas import ALLOWED as JOB_ALLOWED
 from relightq.jobs.schemas import JobCreate
 from relightq.jobs.service import create_job, foreign_subject_problem
 from relightq.json_input import parse_json
+from relightq.tenants.service import usable_buckets
 from relightq.triggers.models import Trigger, TriggerEvent
 from relightq.triggers.ratelimit import check_trigger_rate
 from relightq.triggers.schemas import (
@@ -230,7 +231,9 @@ def _search(expression: str, payload: Any) -> Any:
         return None
 
 
-def map_event(trigger: Trigger, payload: Any, event_id: str, bucket: str) -> list[JobCreate]:
+def map_event(
+    trigger: Trigger, payload: Any, event_id: str, bucket: str, granted: frozenset[str] | None
+) -> list[JobCreate]:
     """The jobs an event asks for, validated; InvalidInput names every bad image's field."""
     mapping = trigger.mapping
     found = _search(mapping["images"], payload)
@@ -273,7 +276,7 @@ def map_event(trigger: Trigger, payload: Any, event_id: str, bucket: str) -> lis
             ]
             continue
         # Checked here, not by create_job, so the 422 names the image it is about.
-        foreign = foreign_subject_problem(trigger.tenant_id, request.subject_image, bucket)
+        foreign = foreign_subject_problem(trigger.tenant_id, request.subject_image, bucket, granted)
         if foreign is not None:
             problems.append(
                 FieldProblem(f"images[{index}].{foreign.field}", foreign.message, foreign.allowed)
@@ -363,7 +366,9 @@ def receive(
     savepoint.commit()
     jobs = [
         create_job(session, trigger.tenant_id, request, bucket)
-        for request in map_event(trigger, payload, event_id, bucket)
+        for request in map_event(
+            trigger, payload, event_id, bucket, usable_buckets(session, trigger.tenant_id)
+        )
     ]
     job_ids = [str(job.id) for job in jobs]
     session.execute(

@@ -6,16 +6,21 @@ import uuid
 
 import httpx
 
+from relightq.db import session_scope
 from relightq.settings import get_settings
+from relightq.tenants.models import Tenant
+from relightq.tenants.service import grant_bucket
 from tests.api.test_jobs import fields_of
-from tests.conftest import s3_client
+from tests.conftest import TenantKey, s3_client
 from tests.support.images import product_png
 
 
 def test_a_batch_over_a_whole_foreign_bucket_lists_every_image_in_it(
-    api: httpx.Client,
+    api: httpx.Client, tenant: TenantKey
 ) -> None:
     bucket = f"shop-{uuid.uuid4().hex[:12]}"
+    with session_scope() as session:
+        grant_bucket(session, session.get_one(Tenant, tenant.id), bucket)
     s3 = s3_client()
     s3.create_bucket(Bucket=bucket)
     for key in ("a.png", "shoes/b.png", "notes.txt"):

@@ -198,7 +198,8 @@ def deployment(workdir: Path, workers: int = 2, **settings: str) -> Iterator[Dep
         subprocess.run([RELIGHTQ, "migrate"], env=env, check=True, capture_output=True)
         subprocess.run([RELIGHTQ, "create-bucket"], env=env, check=True, capture_output=True)
         d.key = subprocess.run(
-            [RELIGHTQ, "keys", "create", "--tenant", "chaos", "--operator"],
+            # Its photos live in the "shop" bucket: granted, as an operator would.
+            [RELIGHTQ, "keys", "create", "--tenant", "chaos", "--operator", "--bucket", "shop"],
             env=env,
             check=True,
             capture_output=True,
