@@ -54,6 +54,7 @@ RUN_COLORS = {
     RunStatus.SUCCEEDED: "green",
     RunStatus.FAILED: "red",
     RunStatus.SKIPPED: "yellow",
+    RunStatus.CANCELLED: "yellow",
     RunStatus.QUEUED: "yellow",
 }
 

@@ -26,7 +26,8 @@ class RunStatus(StrEnum):
 
     QUEUED = "queued"  # waiting for the previous run (overlap: queue)
     RUNNING = "running"  # its batches are not all completed
-    SUCCEEDED = "succeeded"
+    SUCCEEDED = "succeeded"  # every batch it created completed (see their counts)
+    CANCELLED = "cancelled"  # a batch it created was cancelled before it completed
     FAILED = "failed"  # the action could not start (see error)
     SKIPPED = "skipped"  # overlap: skip, or a run was already queued
 

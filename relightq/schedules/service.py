@@ -104,8 +104,8 @@ def run_view(session: Session, run: ScheduleRun) -> RunOut:
     # Read-only: a running run whose batches are all completed shows as succeeded; the
     # tick records that (reads never write).
     status = RunStatus(run.status)
-    if status == RunStatus.RUNNING and all(b.completed_at is not None for b in batches):
-        status = RunStatus.SUCCEEDED
+    if status == RunStatus.RUNNING:
+        status = _done_status(batches) or status
     return RunOut(
         id=run.id,
         schedule_id=run.schedule_id,
@@ -282,16 +282,23 @@ def run_now(
 # Firing ---------------------------------------------------------------------------------
 
 
+def _done_status(batches: list[Batch]) -> RunStatus | None:
+    """How a running run ended, once every batch it created is completed (None before):
+    cancelled if one of them was cancelled, else succeeded."""
+    if any(b.completed_at is None for b in batches):
+        return None
+    if any(b.cancelled_at is not None for b in batches):
+        return RunStatus.CANCELLED
+    return RunStatus.SUCCEEDED
+
+
 def _refresh(session: Session, run: ScheduleRun) -> RunStatus:
-    """A running run is done when every batch it created is completed."""
+    """Record a running run's end once every batch it created is completed."""
     if run.status == RunStatus.RUNNING:
-        open_batches = session.scalar(
-            select(Batch.id)
-            .where(Batch.schedule_run_id == run.id, Batch.completed_at.is_(None))
-            .limit(1)
-        )
-        if open_batches is None:
-            run.status = RunStatus.SUCCEEDED
+        batches = list(session.scalars(select(Batch).where(Batch.schedule_run_id == run.id)))
+        done = _done_status(batches)
+        if done is not None:
+            run.status = done
             session.flush()
     return RunStatus(run.status)
 

@@ -196,7 +196,18 @@ def test_runs_by_hand_at_once_follow_the_overlap_policy(
     runs = [a.json() for a in answers]
     assert sorted(r["status"] for r in runs) == ["running"] + ["skipped"] * 4
     [running] = [r for r in runs if r["status"] == "running"]
-    api.post(f"/v1/batches/{running['batches'][0]['id']}/cancel").raise_for_status()
+    batch_id = running["batches"][0]["id"]
+    api.post(f"/v1/batches/{batch_id}/cancel").raise_for_status()
+    deadline = time.monotonic() + 60  # the calls in flight finish first
+
+    def the_run() -> dict[str, Any]:
+        [run] = [r for r in runs_of(api, schedule["id"]) if r["id"] == running["id"]]
+        return run
+
+    while (run := the_run())["status"] == "running":
+        assert time.monotonic() < deadline, run
+        time.sleep(0.1)
+    assert run["status"] == "cancelled"  # not "succeeded": its batch did not run through
 
 
 def test_an_object_whose_job_failed_is_offered_again_next_run(
