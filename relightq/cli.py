@@ -185,6 +185,47 @@ def keys_create(
     console.print(key, soft_wrap=True, highlight=False)
 
 
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key by tenant: its prefix (never the key), when made, whether revoked."""
+    from relightq.db import session_scope
+    from relightq.tenants.service import list_keys
+
+    with session_scope() as session:
+        keys = list_keys(session)
+    if not keys:
+        console.print("No keys.")
+    for tenant, key in keys:
+        revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        console.print(
+            f"{tenant}  {key.prefix}…  {key.created_at:%Y-%m-%d %H:%M}  {revoked}",
+            highlight=False,
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[
+        str,
+        typer.Argument(
+            metavar="KEY|PREFIX",
+            help="The key, or its prefix as `relightq keys list` shows it.",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Revoke a key at once: the API answers it 401, and dashboard sessions it opened end."""
+    from relightq.db import session_scope
+    from relightq.tenants.service import revoke_key
+
+    with session_scope() as session:
+        revoked = [row.prefix for row in revoke_key(session, key.strip())]
+    if not revoked:
+        console.print("[red]no active key matches[/red]")
+        raise typer.Exit(1)
+    console.print(f"revoked {', '.join(p + '…' for p in revoked)}", highlight=False)
+
+
 BucketNames = Annotated[
     list[str], typer.Argument(metavar="BUCKET...", help="Bucket names.", show_default=False)
 ]

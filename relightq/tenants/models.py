@@ -47,6 +47,10 @@ class DashboardSession(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    # The key it was opened with: revoking that key ends the session too.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), default=None
+    )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # Every form carries it: a page of another site cannot post on the user's behalf.
     csrf_token: Mapped[str] = mapped_column(String(64))

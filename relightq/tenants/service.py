@@ -15,6 +15,8 @@ from relightq.settings import get_settings
 from relightq.tenants.models import ApiKey, BucketGrant, Tenant
 
 KEY_PREFIX = "rq_"
+# Characters of a key kept in clear to tell keys apart in listings and to revoke by.
+PREFIX_LENGTH = 10
 
 
 def hash_key(key: str) -> str:
@@ -29,7 +31,9 @@ def hash_key(key: str) -> str:
 def create_key(session: Session, tenant: Tenant) -> str:
     """Store a new key for ``tenant`` and return its plaintext, which is never kept."""
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-    session.add(ApiKey(tenant_id=tenant.id, prefix=plaintext[:10], key_hash=hash_key(plaintext)))
+    session.add(
+        ApiKey(tenant_id=tenant.id, prefix=plaintext[:PREFIX_LENGTH], key_hash=hash_key(plaintext))
+    )
     session.flush()
     return plaintext
 
@@ -48,11 +52,43 @@ def get_or_create_tenant(session: Session, name: str, *, operator: bool = False)
 
 def authenticate(session: Session, key: str) -> Tenant | None:
     """The tenant owning an unrevoked ``key``, or None."""
-    return session.scalar(
-        select(Tenant)
+    found = authenticate_key(session, key)
+    return found[0] if found else None
+
+
+def authenticate_key(session: Session, key: str) -> tuple[Tenant, ApiKey] | None:
+    """The tenant and key row of an unrevoked ``key``, or None."""
+    row = session.execute(
+        select(Tenant, ApiKey)
         .join(ApiKey, ApiKey.tenant_id == Tenant.id)
         .where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def revoke_key(session: Session, key_or_prefix: str) -> list[ApiKey]:
+    """Revoke the key given whole, or every unrevoked key shown with that prefix (as
+    `relightq keys list` prints it); returns the keys revoked. Dashboard sessions opened
+    with them end at once."""
+    if len(key_or_prefix) > PREFIX_LENGTH:
+        where = ApiKey.key_hash == hash_key(key_or_prefix)
+    else:
+        where = ApiKey.prefix == key_or_prefix
+    keys = list(session.scalars(select(ApiKey).where(where, ApiKey.revoked_at.is_(None))))
+    for key in keys:
+        key.revoked_at = utcnow()
+    session.flush()
+    return keys
+
+
+def list_keys(session: Session) -> list[tuple[str, ApiKey]]:
+    """Every key's tenant name and row (never the key itself), by tenant, newest first."""
+    rows = session.execute(
+        select(Tenant.name, ApiKey)
+        .join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .order_by(Tenant.name, ApiKey.created_at.desc())
     )
+    return [(name, key) for name, key in rows]
 
 
 def usable_buckets(session: Session, tenant_id: uuid.UUID) -> frozenset[str] | None:

@@ -11,8 +11,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from relightq.db import utcnow
-from relightq.tenants.models import DashboardSession, Tenant
-from relightq.tenants.service import authenticate
+from relightq.tenants.models import ApiKey, DashboardSession, Tenant
+from relightq.tenants.service import authenticate_key
 
 SESSION_HOURS = 12
 
@@ -31,14 +31,16 @@ def _digest(token: str) -> str:
 
 def log_in(session: Session, api_key: str) -> str | None:
     """A new session token for a valid API key, or None."""
-    tenant = authenticate(session, api_key)
-    if tenant is None:
+    found = authenticate_key(session, api_key)
+    if found is None:
         return None
+    tenant, key = found
     token = secrets.token_urlsafe(32)
     session.execute(delete(DashboardSession).where(DashboardSession.expires_at < utcnow()))
     session.add(
         DashboardSession(
             tenant_id=tenant.id,
+            api_key_id=key.id,
             token_hash=_digest(token),
             csrf_token=secrets.token_urlsafe(32),
             expires_at=utcnow() + timedelta(hours=SESSION_HOURS),
@@ -52,10 +54,14 @@ def current(session: Session, token: str | None) -> LoggedIn | None:
     """The tenant of a live session token, or None."""
     if not token:
         return None
+    # Only while the key it was opened with is not revoked.
     row = session.scalar(
-        select(DashboardSession).where(
+        select(DashboardSession)
+        .join(ApiKey, ApiKey.id == DashboardSession.api_key_id)
+        .where(
             DashboardSession.token_hash == _digest(token),
             DashboardSession.expires_at > utcnow(),
+            ApiKey.revoked_at.is_(None),
         )
     )
     if row is None:

@@ -1,0 +1,52 @@
+"""API keys: listed by prefix only, and revoked at once everywhere they were used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from typer.testing import CliRunner
+
+from relightq.cli import app
+from tests.conftest import Services, TenantKey
+
+runner = CliRunner()
+
+
+def test_a_revoked_key_is_refused_and_ends_the_dashboard_sessions_it_opened(
+    services: Services, make_tenant: Callable[[], TenantKey]
+) -> None:
+    tenant, other = make_tenant(), make_tenant()
+    with httpx.Client(base_url=services.api) as browser:
+        logged_in = browser.post("/dashboard/login", data={"api_key": tenant.key})
+        assert logged_in.status_code == 303
+        assert browser.get("/dashboard/jobs").status_code == 200
+
+        listed = runner.invoke(app, ["keys", "list"])
+        revoked = runner.invoke(app, ["keys", "revoke", tenant.key[:10]])
+
+        after = browser.get("/dashboard/jobs")
+    assert listed.exit_code == 0 and f"{tenant.name}  {tenant.key[:10]}…" in listed.output
+    assert tenant.key not in listed.output  # only its prefix is ever shown
+    assert revoked.exit_code == 0, revoked.output
+    assert after.status_code == 303 and after.headers["location"] == "/dashboard/login"
+    assert (
+        httpx.get(f"{services.api}/v1/jobs", headers={"x-api-key": tenant.key}).status_code == 401
+    )
+    # Another tenant's key is untouched.
+    assert httpx.get(f"{services.api}/v1/jobs", headers={"x-api-key": other.key}).status_code == 200
+    assert "revoked" in runner.invoke(app, ["keys", "list"]).output
+
+
+def test_revoking_by_the_whole_key_works_and_an_unknown_key_exits_1(
+    services: Services, make_tenant: Callable[[], TenantKey]
+) -> None:
+    tenant = make_tenant()
+
+    assert runner.invoke(app, ["keys", "revoke", tenant.key]).exit_code == 0
+    again = runner.invoke(app, ["keys", "revoke", tenant.key])
+
+    assert again.exit_code == 1 and "no active key matches" in again.output
+    assert (
+        httpx.get(f"{services.api}/v1/jobs", headers={"x-api-key": tenant.key}).status_code == 401
+    )
