@@ -257,3 +257,15 @@ def hooks(database: str) -> Iterator[Receiver]:
         yield hooks
     with session_scope() as session:
         session.execute(update(WebhookEndpoint).values(enabled=False))
+
+
+@pytest.fixture
+def low_rate_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """RATE_LIMIT of 5/minute for this test (the suite runs with a limit it never meets)."""
+    from relightq.tenants import ratelimit
+
+    monkeypatch.setattr(get_settings(), "rate_limit", "5/minute")
+    ratelimit._limiter.cache_clear()
+    yield
+    monkeypatch.undo()
+    ratelimit._limiter.cache_clear()

@@ -12,7 +12,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from relightq.serving import free_port
-from relightq.settings import get_settings
 from relightq.storage import get_storage
 from relightq.tenants import ratelimit
 from relightq.throttle.service import get_fleet
@@ -20,15 +19,6 @@ from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import submit_photo, wait_for
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
-
-
-@pytest.fixture
-def low_rate_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(get_settings(), "rate_limit", "5/minute")
-    ratelimit._limiter.cache_clear()
-    yield
-    monkeypatch.undo()
-    ratelimit._limiter.cache_clear()
 
 
 @pytest.mark.usefixtures("low_rate_limit")

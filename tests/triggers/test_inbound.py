@@ -8,7 +8,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +21,6 @@ from standardwebhooks.webhooks import Webhook
 from relightq.db import get_engine, session_scope
 from relightq.jobs.models import Job
 from relightq.settings import get_settings
-from relightq.tenants import ratelimit
 from relightq.triggers.models import Trigger, TriggerEvent
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import shop_image, wait_for
@@ -614,15 +613,6 @@ def test_an_s3_image_of_another_tenant_is_a_422_naming_the_image(
     assert problem["field"] == "images[1].subject_image"
     assert "outside your own" in problem["message"]
     assert jobs_of(tenant) == 0 and events_of(name) == 0
-
-
-@pytest.fixture
-def low_rate_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(get_settings(), "rate_limit", "5/minute")
-    ratelimit._limiter.cache_clear()
-    yield
-    monkeypatch.undo()
-    ratelimit._limiter.cache_clear()
 
 
 @pytest.mark.usefixtures("low_rate_limit")
