@@ -273,7 +273,8 @@ def run_now(
     # Serialise with a beat's tick and with other manual runs, as tick() does: the overlap
     # check and the new run must see each other's runs.
     session.refresh(schedule, with_for_update=True)
-    run = fire(session, schedule, now or utcnow(), storage, settings, manual=True)
+    now = now or utcnow()
+    run = fire(session, schedule, now, storage, settings, manual=True, now=now)
     if run is None:
         raise RelightqError("a run was started this very moment; try again", 409, "run_exists")
     return run
@@ -329,9 +330,10 @@ def fire(
     settings: Settings,
     *,
     manual: bool = False,
+    now: datetime | None = None,
 ) -> ScheduleRun | None:
     """Record the run for ``scheduled_for`` and start it (or skip or queue it); None when
-    that time has already fired."""
+    that time has already fired. ``now`` is the clock the action reads (tests drive it)."""
     run_id = session.scalar(
         insert(ScheduleRun)
         .values(
@@ -359,15 +361,21 @@ def fire(
             run.error = "a run is already queued" if queued else "the previous run is still going"
         session.flush()
         return run
-    execute(session, schedule, run, storage, settings)
+    execute(session, schedule, run, storage, settings, now)
     return run
 
 
 def execute(
-    session: Session, schedule: Schedule, run: ScheduleRun, storage: Storage, settings: Settings
+    session: Session,
+    schedule: Schedule,
+    run: ScheduleRun,
+    storage: Storage,
+    settings: Settings,
+    now: datetime | None = None,
 ) -> None:
-    """Do the schedule's action for ``run``; a failure is recorded on the run, not raised."""
-    now = utcnow()
+    """Do the schedule's action for ``run`` as of ``now`` (the retry window ends there); a
+    failure is recorded on the run, not raised."""
+    now = now or utcnow()
     run.started_at = now
     schedule.last_run_at = now
     savepoint = session.begin_nested()
@@ -599,19 +607,19 @@ def tick(
             )
             if schedule is None:
                 continue  # another scheduler holds it right now
-            _start_queued(session, schedule, storage, settings)
+            _start_queued(session, schedule, storage, settings, now)
             if schedule.enabled and schedule.next_run_at and schedule.next_run_at <= now:
                 scheduled_for = schedule.next_run_at
                 # Missed times (downtime) fire once, not once each.
                 schedule.next_run_at = next_time(schedule.cron, schedule.timezone, now)
-                run = fire(session, schedule, scheduled_for, storage, settings)
+                run = fire(session, schedule, scheduled_for, storage, settings, now=now)
                 if run is not None:
                     fired.append(run.id)
     return fired
 
 
 def _start_queued(
-    session: Session, schedule: Schedule, storage: Storage, settings: Settings
+    session: Session, schedule: Schedule, storage: Storage, settings: Settings, now: datetime
 ) -> None:
     waiting = session.scalar(
         select(ScheduleRun)
@@ -623,4 +631,4 @@ def _start_queued(
         return
     going, _ = _busy(session, schedule, besides=waiting.id)
     if not going:
-        execute(session, schedule, waiting, storage, settings)
+        execute(session, schedule, waiting, storage, settings, now)

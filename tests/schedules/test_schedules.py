@@ -327,6 +327,23 @@ def test_a_retry_failed_schedule_retries_the_window_s_failures(
     assert wait_for(api, job_id, "succeeded", "failed")["status"] == "succeeded"
 
 
+def test_the_retry_window_ends_at_the_clock_the_tick_was_given(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    simulator.post("/admin/config", json={"fail_500_rate": 1.0}).raise_for_status()
+    job_id = submit_photo(api, "catalog/window.png")
+    wait_for(api, job_id, "failed")
+    simulator.post("/admin/config", json={"fail_500_rate": 0.0}).raise_for_status()
+    schedule = create(api, {"type": "retry_failed", "window_hours": 1}, cron="*/5 * * * *")
+    due = at(schedule["next_run_at"])
+
+    run_tick(due + timedelta(hours=2))  # the failure is two hours old by then
+
+    [run] = runs_of(api, schedule["id"])
+    assert run["summary"] == {"jobs": 0}
+    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "failed"
+
+
 def test_the_beat_tick_task_fires_due_schedules_through_the_worker(
     api: httpx.Client, tenant: TenantKey
 ) -> None:
