@@ -234,6 +234,11 @@ def test_a_job_page_shows_attempts_errors_deliveries_and_a_retry_button(
     browser.get(f"{services.api}/dashboard/jobs/{job_id}")
     wait_until(lambda: all(w > 0 for w in images_loaded(browser, ".pair img")))
 
+    browser.get(f"{services.api}/dashboard/jobs")
+    [row] = browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr")
+    assert job_id in row.text and "succeeded" in row.text
+    screenshot(browser, "jobs")
+
 
 def test_an_operator_pauses_and_resumes_the_fleet_from_the_fleet_page(
     browser: WebDriver, services: Services, operator: TenantKey, simulator: httpx.Client
