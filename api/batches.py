@@ -43,7 +43,6 @@ from relightq.json_input import parse_json
 from relightq.settings import get_settings
 from relightq.storage import Storage
 from relightq.tenants.models import Tenant
-from relightq.tenants.service import usable_buckets
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ENDPOINT = "POST /v1/batches"
@@ -188,8 +187,7 @@ async def create_batch(
             raise _invalid(exc) from exc
         spec = BatchSettings.model_validate(create.model_dump(exclude={"items", "source"}))
         if create.source is not None:
-            granted = usable_buckets(db, tenant.id)
-            foreign = foreign_subject_problem(tenant.id, create.source, storage.bucket, granted)
+            foreign = foreign_subject_problem(db, tenant.id, create.source, storage.bucket)
             if foreign:
                 raise InvalidInput([FieldProblem("source", foreign.message, ALLOWED["source"])])
             items = prefix_items(storage, create.source)

@@ -54,16 +54,11 @@ from relightq.errors import (
 )
 from relightq.jobs.models import Job, JobStatus, held_by_batch
 from relightq.jobs.schemas import JobCreate
-from relightq.jobs.service import (
-    cancelled_values,
-    foreign_subject_problem,
-    rerun_values,
-    ungranted_bucket_problem,
-)
+from relightq.jobs.service import cancelled_values, foreign_subject_problem, rerun_values
 from relightq.pagination import newest_first, page
 from relightq.settings import Settings
 from relightq.storage import Storage, StorageError, parse_s3_prefix
-from relightq.tenants.service import usable_buckets
+from relightq.tenants.service import ungranted_bucket_problem
 
 INSERT_CHUNK = 2000
 # Single jobs default to priority 5; bulk work yields to them unless told otherwise.
@@ -95,7 +90,6 @@ class _Ingest:
     settings: Settings
     output_prefix: str | None
     key_template: str | None
-    granted: frozenset[str] | None = None  # usable_buckets() of the tenant, read once
     rows: int = 0
     valid: int = 0
     bad_rows: int = 0
@@ -129,7 +123,7 @@ def _settings_problems(
                 )
             )
         elif ungranted := ungranted_bucket_problem(
-            "output_prefix", bucket, usable_buckets(session, tenant_id), ALLOWED["output_prefix"]
+            session, tenant_id, "output_prefix", bucket, ALLOWED["output_prefix"]
         ):
             problems.append(ungranted)  # written with relightq's credentials: granted only
         else:
@@ -178,9 +172,7 @@ def create_batch(
             f"s3://{storage.bucket}/outputs/{tenant_id}/batches/{batch.id}/"
         )
         key_template = key_template or DEFAULT_KEY_TEMPLATE
-    state = _Ingest(
-        batch, settings, output_prefix, key_template, usable_buckets(session, tenant_id)
-    )
+    state = _Ingest(batch, settings, output_prefix, key_template)
     state.batch_keeps_rejects = spec.skip_invalid
     try:
         for item in items:
@@ -237,7 +229,7 @@ def _take(
     template = None
     if request is not None and not problems:
         foreign = foreign_subject_problem(
-            state.batch.tenant_id, request.subject_image, storage.bucket, state.granted
+            session, state.batch.tenant_id, request.subject_image, storage.bucket
         )
         if foreign:
             problems.append(foreign)

@@ -27,7 +27,7 @@ from relightq.jobs.schemas import (
 from relightq.pagination import newest_first, page
 from relightq.segmind.params import EXTENSIONS
 from relightq.storage import Storage, parse_s3_prefix
-from relightq.tenants.service import usable_buckets
+from relightq.tenants.service import ungranted_bucket_problem
 
 UPLOAD_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 MAX_UPLOAD_PIXELS = 40_000_000  # far above IC-Light's inputs; stops decompression bombs
@@ -73,26 +73,11 @@ def _new_job(tenant_id: uuid.UUID, options: JobOptions, subject: str, job_id: uu
     )
 
 
-def ungranted_bucket_problem(
-    field: str, bucket: str, granted: frozenset[str] | None, allowed: str
-) -> FieldProblem | None:
-    """A problem when ``bucket`` (not relightq's own) was not granted to the tenant;
-    ``granted`` None: every bucket may be used (RELIGHTQ_REQUIRE_BUCKET_GRANTS=false)."""
-    if granted is None or bucket in granted:
-        return None
-    return FieldProblem(
-        field,
-        f"names bucket {bucket}, which is not granted to you (an operator grants it: "
-        f"relightq buckets grant <tenant> {bucket})",
-        allowed,
-    )
-
-
 def foreign_subject_problem(
-    tenant_id: uuid.UUID, subject: str, bucket: str, granted: frozenset[str] | None
+    session: Session, tenant_id: uuid.UUID, subject: str, bucket: str
 ) -> FieldProblem | None:
     """Why ``subject`` (an object, or a prefix a batch lists) may not be used by this
-    tenant, or None; ``granted`` is what usable_buckets() answered for the tenant."""
+    tenant, or None."""
     if not subject.startswith("s3://"):
         return None
     # A prefix may be empty (a whole bucket): an empty key is outside every tenant's area.
@@ -109,14 +94,13 @@ def foreign_subject_problem(
         )
     # Any other bucket is read with relightq's credentials: only those granted to you.
     return ungranted_bucket_problem(
-        "subject_image", subject_bucket, granted, ALLOWED["subject_image"]
+        session, tenant_id, "subject_image", subject_bucket, ALLOWED["subject_image"]
     )
 
 
 def create_job(session: Session, tenant_id: uuid.UUID, request: JobCreate, bucket: str) -> Job:
     """Store a job whose subject is a URL or an s3:// URI, and wake a worker after commit."""
-    granted = usable_buckets(session, tenant_id)
-    problem = foreign_subject_problem(tenant_id, request.subject_image, bucket, granted)
+    problem = foreign_subject_problem(session, tenant_id, request.subject_image, bucket)
     if problem:
         raise InvalidInput([problem])
     job = _new_job(tenant_id, request, request.subject_image, uuid.uuid4())

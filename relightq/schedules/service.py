@@ -50,7 +50,6 @@ from relightq.schedules.schemas import (
 )
 from relightq.settings import Settings
 from relightq.storage import Storage, StorageError, StoredObject, parse_s3_prefix
-from relightq.tenants.service import usable_buckets
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +177,7 @@ def _check_action(
         if owned is None:
             problems.append(FieldProblem("action.batch_id", "is not a batch of yours"))
     if isinstance(action, ReprocessPrefix):
-        granted = usable_buckets(session, tenant_id)
-        foreign = foreign_subject_problem(tenant_id, action.source, storage.bucket, granted)
+        foreign = foreign_subject_problem(session, tenant_id, action.source, storage.bucket)
         if foreign:
             problems.append(FieldProblem("action.source", foreign.message, ALLOWED["source"]))
         else:

@@ -11,10 +11,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from relightq.db import utcnow
+from relightq.errors import FieldProblem
 from relightq.settings import get_settings
 from relightq.tenants.models import ApiKey, BucketGrant, Tenant
 
 KEY_PREFIX = "rq_"
+# Where usable_buckets() keeps what it read, in the session's info.
+_GRANTS_SEEN = "relightq.usable_buckets"
 # Characters of a key kept in clear to tell keys apart in listings and to revoke by.
 PREFIX_LENGTH = 10
 
@@ -93,10 +96,29 @@ def list_keys(session: Session) -> list[tuple[str, ApiKey]]:
 
 def usable_buckets(session: Session, tenant_id: uuid.UUID) -> frozenset[str] | None:
     """The buckets besides relightq's own that ``tenant_id`` may name, or None for any
-    (RELIGHTQ_REQUIRE_BUCKET_GRANTS=false)."""
+    (RELIGHTQ_REQUIRE_BUCKET_GRANTS=false). Read once per session: a batch asks for
+    every row, a trigger event for every image."""
     if not get_settings().require_bucket_grants:
         return None
-    return granted_buckets(session, tenant_id)
+    known: dict[uuid.UUID, frozenset[str]] = session.info.setdefault(_GRANTS_SEEN, {})
+    if tenant_id not in known:
+        known[tenant_id] = granted_buckets(session, tenant_id)
+    return known[tenant_id]
+
+
+def ungranted_bucket_problem(
+    session: Session, tenant_id: uuid.UUID, field: str, bucket: str, allowed: str
+) -> FieldProblem | None:
+    """A problem when ``bucket`` (not relightq's own) was not granted to the tenant."""
+    granted = usable_buckets(session, tenant_id)
+    if granted is None or bucket in granted:
+        return None
+    return FieldProblem(
+        field,
+        f"names bucket {bucket}, which is not granted to you (an operator grants it: "
+        f"relightq buckets grant <tenant> {bucket})",
+        allowed,
+    )
 
 
 def granted_buckets(session: Session, tenant_id: uuid.UUID) -> frozenset[str]:
@@ -108,6 +130,7 @@ def granted_buckets(session: Session, tenant_id: uuid.UUID) -> frozenset[str]:
 
 def grant_bucket(session: Session, tenant: Tenant, bucket: str) -> None:
     """Let ``tenant`` read subjects from and write outputs to ``bucket`` (idempotent)."""
+    session.info.pop(_GRANTS_SEEN, None)
     session.execute(
         insert(BucketGrant)
         .values(tenant_id=tenant.id, bucket=bucket, created_at=utcnow())
@@ -117,6 +140,7 @@ def grant_bucket(session: Session, tenant: Tenant, bucket: str) -> None:
 
 def revoke_bucket(session: Session, tenant: Tenant, bucket: str) -> bool:
     """Take ``bucket`` back from ``tenant``; False if it had no such grant."""
+    session.info.pop(_GRANTS_SEEN, None)
     done = session.execute(
         delete(BucketGrant).where(BucketGrant.tenant_id == tenant.id, BucketGrant.bucket == bucket)
     )

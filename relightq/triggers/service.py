@@ -31,7 +31,6 @@ from relightq.jobs.schemas import ALLOWED as JOB_ALLOWED
 from relightq.jobs.schemas import JobCreate
 from relightq.jobs.service import create_job, foreign_subject_problem
 from relightq.json_input import parse_json
-from relightq.tenants.service import usable_buckets
 from relightq.triggers.models import Trigger, TriggerEvent
 from relightq.triggers.ratelimit import check_trigger_rate
 from relightq.triggers.schemas import (
@@ -232,7 +231,7 @@ def _search(expression: str, payload: Any) -> Any:
 
 
 def map_event(
-    trigger: Trigger, payload: Any, event_id: str, bucket: str, granted: frozenset[str] | None
+    session: Session, trigger: Trigger, payload: Any, event_id: str, bucket: str
 ) -> list[JobCreate]:
     """The jobs an event asks for, validated; InvalidInput names every bad image's field."""
     mapping = trigger.mapping
@@ -276,7 +275,7 @@ def map_event(
             ]
             continue
         # Checked here, not by create_job, so the 422 names the image it is about.
-        foreign = foreign_subject_problem(trigger.tenant_id, request.subject_image, bucket, granted)
+        foreign = foreign_subject_problem(session, trigger.tenant_id, request.subject_image, bucket)
         if foreign is not None:
             problems.append(
                 FieldProblem(f"images[{index}].{foreign.field}", foreign.message, foreign.allowed)
@@ -366,9 +365,7 @@ def receive(
     savepoint.commit()
     jobs = [
         create_job(session, trigger.tenant_id, request, bucket)
-        for request in map_event(
-            trigger, payload, event_id, bucket, usable_buckets(session, trigger.tenant_id)
-        )
+        for request in map_event(session, trigger, payload, event_id, bucket)
     ]
     job_ids = [str(job.id) for job in jobs]
     session.execute(
