@@ -84,11 +84,11 @@ def field_problems(errors: Any, allowed: dict[str, str]) -> list[FieldProblem]:
 
 
 class RateLimited(RelightqError):
-    """Too many requests for one API key; Retry-After says when to come back."""
+    """Too many requests for one API key (or trigger); Retry-After says when to come back."""
 
-    def __init__(self, limit: str, retry_after: int) -> None:
+    def __init__(self, limit: str, retry_after: int, per: str = "API key") -> None:
         super().__init__(
-            f"rate limit of {limit} per API key exceeded; retry in {retry_after} s",
+            f"rate limit of {limit} per {per} exceeded; retry in {retry_after} s",
             429,
             "rate_limited",
             headers={"Retry-After": str(retry_after)},

@@ -39,7 +39,7 @@ def limiter_for(storage_url: str, limit: str) -> tuple[MovingWindowRateLimiter, 
     return MovingWindowRateLimiter(storage), parse(limit)
 
 
-def retry_after(*identity: str) -> int | None:
+def _retry_after(*identity: str) -> int | None:
     """Count one request for ``identity``: None while within RATE_LIMIT, else the seconds
     until the window lets it in again. Shared by every limit (keys, dashboards, triggers),
     each under its own identity."""
@@ -64,6 +64,15 @@ def retry_after(*identity: str) -> int | None:
 def check_rate(api_key: str) -> None:
     """Count one request for ``api_key``; RateLimited (429 + Retry-After) past the limit."""
     # Identified by a digest, so the key itself is never written to Redis.
-    wait = retry_after(hashlib.sha256(api_key.encode()).hexdigest()[:32])
+    wait = _retry_after(hashlib.sha256(api_key.encode()).hexdigest()[:32])
     if wait is not None:
         raise RateLimited(get_settings().rate_limit, wait)
+
+
+def check_trigger_rate(name: str) -> None:
+    """Count one request to trigger ``name`` (POST /v1/triggers/{name} carries no API key
+    to count); RateLimited past RATE_LIMIT."""
+    # Its own namespace: a trigger's count never adds to an API key's, nor the other way.
+    wait = _retry_after("trigger", name)
+    if wait is not None:
+        raise RateLimited(get_settings().rate_limit, wait, per="trigger")

@@ -31,8 +31,8 @@ from relightq.jobs.schemas import ALLOWED as JOB_ALLOWED
 from relightq.jobs.schemas import JobCreate
 from relightq.jobs.service import create_job, foreign_subject_problem
 from relightq.json_input import parse_json
+from relightq.tenants.ratelimit import check_trigger_rate
 from relightq.triggers.models import Trigger, TriggerEvent
-from relightq.triggers.ratelimit import check_trigger_rate
 from relightq.triggers.schemas import (
     DEFAULT_TOLERANCE_SECONDS,
     MAX_IMAGES_PER_EVENT,
