@@ -21,7 +21,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from relightq.batches.models import Batch, BatchReject
+from relightq.batches.models import Batch
 from relightq.batches.schemas import BatchSettings
 from relightq.batches.service import batch_view, create_batch
 from relightq.batches.sources import RawItem, json_items, prefix_items
@@ -100,7 +100,7 @@ def run_view(session: Session, run: ScheduleRun) -> RunOut:
         )
     )
     views = [batch_view(session, b) for b in batches]
-    # Read-only: a running run whose batches are all completed shows as succeeded; the
+    # Read-only: a running run whose batches are all completed shows how it ended; the
     # tick records that (reads never write).
     status = RunStatus(run.status)
     if status == RunStatus.RUNNING:
@@ -515,15 +515,13 @@ def _reprocess_prefix(
     if spec.name is None:
         spec.name = f"{schedule.name} {run.scheduled_for:%Y-%m-%d %H:%M}Z"
     batch = _new_batch(session, schedule, run, spec, action.source, iter(items), storage, settings)
-    # Only what became a job is remembered: a rejected object (a key collision, say) is
-    # offered again next run, once the schedule is fixed, not skipped as "unchanged".
-    rejected = set(
-        session.scalars(select(BatchReject.subject_image).where(BatchReject.batch_id == batch.id))
-    )
-    sent = [o for o in changed if o.uri not in rejected]
+    # Only what became a job is remembered, with that job: a rejected object (a key
+    # collision, say) is offered again next run, once the schedule is fixed, not skipped
+    # as "unchanged".
     job_of = dict(
         session.execute(select(Job.subject_image, Job.id).where(Job.batch_id == batch.id)).all()
     )
+    sent = [o for o in changed if o.uri in job_of]
     now = utcnow()
     for start in range(0, len(sent), ACTION_CHUNK):
         rows = [
@@ -532,7 +530,7 @@ def _reprocess_prefix(
                 "key": o.key,
                 "etag": o.etag,
                 "seen_at": now,
-                "job_id": job_of.get(o.uri),
+                "job_id": job_of[o.uri],
             }
             for o in sent[start : start + ACTION_CHUNK]
         ]
