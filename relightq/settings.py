@@ -46,12 +46,23 @@ class Settings(BaseSettings):
     # Segmind bills per call in dollars-as-credits; used to estimate credits_used per job.
     segmind_credits_per_image: float = 0.037
 
-    # Timeouts are ordered so a live call is never reclaimed by another worker:
-    # upstream read timeout < task hard limit < broker visibility timeout < job lease.
     segmind_timeout_seconds: float = 120.0
+    # Ordered so the broker never redelivers a message whose task still runs: slot wait +
+    # upstream timeout < task time limit < visibility timeout. Recovery does not wait for
+    # the visibility timeout: a dead worker's jobs come back through their leases.
     task_time_limit_seconds: int = 240
     broker_visibility_timeout_seconds: int = 600
-    job_lease_seconds: int = 900
+    # A running job (or a webhook being sent) belongs to its worker for this long after
+    # the last renewal; the worker renews it every sixth of it while it lives, so a 30 s
+    # call keeps its lease and a killed worker's jobs are taken over within about
+    # lease + lease/6 (35 s). Shorter leases cost more renewals and less tolerance of a
+    # PostgreSQL outage (a worker that cannot renew past its lease stops writing).
+    job_lease_seconds: float = Field(default=30.0, ge=6)
+    # SIGTERM: calls on the wire finish and are recorded, other claimed jobs go back to the
+    # queue at once; after this long (or on a second SIGTERM) the worker hands back what
+    # it still holds and exits. Give the orchestrator's grace period 10 s more
+    # (compose stop_grace_period, Kubernetes terminationGracePeriodSeconds).
+    worker_shutdown_grace_seconds: float = Field(default=150.0, gt=0)
 
     max_attempts: int = 5
     retry_base_delay_seconds: float = 2.0
@@ -115,9 +126,12 @@ class Settings(BaseSettings):
     probe_max_interval_seconds: float = 600.0
     # How long a claimed job waits for a free upstream slot before going back to the queue.
     slot_wait_seconds: float = 60.0
-    sweep_interval_seconds: float = 30.0
-    # A queued job untouched this long, with nothing left in the broker, lost its wake-up.
-    sweep_grace_seconds: float = 120.0
+    # The sweeper also re-publishes expired leases (as every worker's lease keeper does).
+    sweep_interval_seconds: float = Field(default=10.0, gt=0)
+    # A queued job untouched this long, with nothing left in the broker, lost its wake-up
+    # (Redis flushed or restarted without its AOF). A false alarm only sends a duplicate
+    # wake-up, which the claim ignores.
+    sweep_grace_seconds: float = Field(default=15.0, ge=0)
 
     @property
     def fleet_redis_url(self) -> str | None:
@@ -128,8 +142,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timeouts_are_ordered(self) -> Settings:
-        # A task may wait for a fleet slot and then make its call; only after both can it
-        # be redelivered by the broker, and only after that may another worker take over.
+        # A task may wait for a fleet slot and then make its call; only after both may the
+        # broker redeliver its message (a lease, renewed meanwhile, guards the job itself).
         chain = [
             (
                 "RELIGHTQ_SEGMIND_TIMEOUT_SECONDS + RELIGHTQ_SLOT_WAIT_SECONDS",
@@ -137,11 +151,17 @@ class Settings(BaseSettings):
             ),
             ("RELIGHTQ_TASK_TIME_LIMIT_SECONDS", self.task_time_limit_seconds),
             ("RELIGHTQ_BROKER_VISIBILITY_TIMEOUT_SECONDS", self.broker_visibility_timeout_seconds),
-            ("RELIGHTQ_JOB_LEASE_SECONDS", self.job_lease_seconds),
         ]
         for (a_name, a), (b_name, b) in pairwise(chain):
             if not a < b:
                 raise ValueError(f"{a_name} ({a}) must be less than {b_name} ({b})")
+        if not self.segmind_timeout_seconds < self.worker_shutdown_grace_seconds:
+            raise ValueError(
+                f"RELIGHTQ_SEGMIND_TIMEOUT_SECONDS ({self.segmind_timeout_seconds}) must be less "
+                f"than RELIGHTQ_WORKER_SHUTDOWN_GRACE_SECONDS "
+                f"({self.worker_shutdown_grace_seconds}), so a stopping worker lets the calls "
+                "on the wire finish"
+            )
         return self
 
     @field_validator("rate_limit")

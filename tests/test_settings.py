@@ -41,9 +41,24 @@ def test_env_vars_carry_the_relightq_prefix(monkeypatch: pytest.MonkeyPatch) -> 
 def test_timeouts_out_of_order_are_refused_at_start_naming_both(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("RELIGHTQ_JOB_LEASE_SECONDS", "100")
+    monkeypatch.setenv("RELIGHTQ_BROKER_VISIBILITY_TIMEOUT_SECONDS", "200")
     with pytest.raises(ValidationError, match="RELIGHTQ_BROKER_VISIBILITY_TIMEOUT_SECONDS"):
         Settings()
+
+
+def test_a_shutdown_grace_shorter_than_a_call_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="RELIGHTQ_WORKER_SHUTDOWN_GRACE_SECONDS"):
+        Settings(worker_shutdown_grace_seconds=60)
+
+
+def test_the_default_lease_is_short_and_renewed_so_recovery_takes_seconds() -> None:
+    # The guarantee "taken over within 45 s at defaults" rests on these two numbers:
+    # a lease that runs out 30 s after its last renewal, found by a look every 5 s.
+    from relightq.leases import RENEWALS_PER_LEASE
+
+    settings = Settings()
+    assert settings.job_lease_seconds == 30
+    assert settings.job_lease_seconds * (1 + 1 / RENEWALS_PER_LEASE) <= 45
 
 
 def test_a_mistyped_cidr_in_the_outbound_allow_list_is_refused_at_start() -> None:

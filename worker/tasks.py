@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
-from sqlalchemy.exc import OperationalError
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from relightq.broker import TaskName, broker_backlog, get_celery
 from relightq.db import get_sessionmaker, session_scope, utcnow
 from relightq.jobs.runner import RunnerDeps, run_job
-from relightq.jobs.sweeper import sweep
+from relightq.jobs.sweeper import LEASED_TABLES, sweep
+from relightq.leases import LeaseKeeper, drain_then_exit
 from relightq.schedules.service import tick
 from relightq.segmind import get_segmind_client
 from relightq.settings import get_settings
@@ -37,15 +39,52 @@ DB_RETRY: dict[str, Any] = {
 
 
 @lru_cache
+def _keeper() -> LeaseKeeper:
+    """This process's lease keeper: renews what it holds, re-publishes dead workers' work."""
+    fleet = get_fleet()
+    return LeaseKeeper(
+        get_settings().job_lease_seconds,
+        list(LEASED_TABLES),
+        # One worker per interval looks for expired leases, not every worker of the fleet.
+        may_republish=lambda interval: fleet.take_turn("republish_expired", interval * 0.9),
+    )
+
+
+@lru_cache
 def _deps() -> RunnerDeps:
-    return RunnerDeps(get_settings(), get_segmind_client(), get_storage(), get_fleet())
+    return RunnerDeps(get_settings(), get_segmind_client(), get_storage(), get_fleet(), _keeper())
 
 
 @worker_process_init.connect
 def _fresh_clients_after_fork(**_: object) -> None:
     # Pooled sockets must not be shared between forked processes.
-    for cached in (_deps, get_segmind_client, get_storage, get_fleet):
+    for cached in (_deps, get_segmind_client, get_storage, get_fleet, _keeper):
         cached.cache_clear()
+
+
+@worker_ready.connect
+def _take_over_from_dead_predecessors(**_: object) -> None:
+    """A worker restarted on this host takes back at once what its dead predecessor held,
+    instead of waiting for the leases to run out."""
+    keeper = _keeper()
+    keeper.start()
+    try:
+        keeper.reclaim_from_dead_predecessors()
+    except SQLAlchemyError as exc:
+        # PostgreSQL unreachable at start: the leases still run out and are re-published.
+        log.warning("could not look for a dead predecessor's jobs: %s", type(exc).__name__)
+
+
+@lru_cache
+def _stop_handler() -> Callable[[], None]:
+    return drain_then_exit(_keeper(), get_settings().worker_shutdown_grace_seconds)
+
+
+@worker_shutting_down.connect
+def _drain(**_: object) -> None:
+    """SIGTERM (Kubernetes, docker compose stop): finish the calls on the wire, hand the
+    rest back; a second SIGTERM or the grace period ends the process."""
+    _stop_handler()()
 
 
 @app.task(name=TaskName.RELIGHT_RUN.value, **DB_RETRY)
@@ -95,7 +134,7 @@ def webhook_deliver(delivery_id: str) -> None:
     except ValueError:
         log.error("webhooks.deliver got a malformed delivery id %r; dropping it", delivery_id)
         return
-    deliver(parsed, get_settings())
+    deliver(parsed, get_settings(), _keeper())
 
 
 @app.task(name=TaskName.SCHEDULES_TICK.value, **DB_RETRY)

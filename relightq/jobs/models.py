@@ -116,6 +116,9 @@ class Job(Base):
     # apart from those of a worker that reclaimed the job after the lease ran out.
     lease_token: Mapped[uuid.UUID | None] = mapped_column(default=None)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Which process holds the lease (relightq.leases.Holder), so a worker starting on the
+    # same host can tell its dead predecessor's jobs and take them over at once.
+    lease_holder: Mapped[str | None] = mapped_column(String(400), default=None)
     run_after: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

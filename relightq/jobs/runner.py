@@ -4,8 +4,10 @@ This file is the whole of "what happens on a 406" and every other upstream answe
 Celery task in ``worker/`` only calls :func:`run_job` with an id.
 
 Order of one run: skip at once if the fleet is paused (park the job as waiting); claim
-the row with a lease; wait for a fleet slot (concurrency and per-minute caps); call
-Segmind; free the slot; write the outcome only while the lease is still ours.
+the row with a lease, which this process's lease keeper renews until the run ends; wait
+for a fleet slot (concurrency and per-minute caps); call Segmind; free the slot; write the
+outcome only while the lease is still ours. A worker told to stop (SIGTERM) finishes the
+calls already on the wire and hands every other job back to the queue at once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
@@ -36,7 +38,8 @@ from relightq.jobs.models import (
     JobStatus,
     UpstreamState,
 )
-from relightq.jobs.service import cancelled_values, output_key, publish_job
+from relightq.jobs.service import JOB_LEASES, cancelled_values, output_key, publish_job
+from relightq.leases import Lease, LeaseKeeper
 from relightq.logs import bind, bound
 from relightq.metrics import observe_upstream
 from relightq.segmind.client import RelightResult, SegmindClient, SubjectUpload, sniff_image_type
@@ -57,6 +60,7 @@ from relightq.webhooks.events import emit_job_final
 log = logging.getLogger(__name__)
 
 RATE_LIMIT_FALLBACK_SECONDS = 10.0
+SHUTTING_DOWN = "shutting_down"
 SLOT_POLL_SECONDS = 0.004
 
 # A call's outcome has happened upstream (credits spent); losing the record of it to a
@@ -92,6 +96,7 @@ class RunnerDeps:
     client: SegmindClient
     storage: Storage
     fleet: Fleet
+    keeper: LeaseKeeper
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,9 @@ class CallRecord:
     error: SegmindError | None = None
 
 
-def claim(session: Session, job_id: uuid.UUID, lease_seconds: int) -> Claim | None:
+def claim(
+    session: Session, job_id: uuid.UUID, lease_seconds: float, holder: str | None = None
+) -> Claim | None:
     """Take a job atomically, or None if it is final, due later, or leased to a live worker.
 
     One conditional UPDATE decides, so two deliveries of the same message can never both
@@ -126,6 +133,7 @@ def claim(session: Session, job_id: uuid.UUID, lease_seconds: int) -> Claim | No
             attempts=Job.attempts + 1,
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
+            lease_holder=holder,
             started_at=now,
             updated_at=now,
             run_after=None,
@@ -176,7 +184,13 @@ def _owned_update(claim_: Claim, **values: Any) -> Any:
             Job.lease_token == claim_.token,
             Job.status == JobStatus.RUNNING,
         )
-        .values(updated_at=utcnow(), lease_token=None, lease_expires_at=None, **values)
+        .values(
+            updated_at=utcnow(),
+            lease_token=None,
+            lease_expires_at=None,
+            lease_holder=None,
+            **values,
+        )
     )
 
 
@@ -205,6 +219,12 @@ def run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
 
 
 def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
+    keeper = deps.keeper
+    if keeper.draining.is_set():
+        # Stopping: leave the job to a worker that goes on (its message must not be lost
+        # with this one's ack).
+        _publish_again(job_id)
+        return
     reason = pause_reason(deps.fleet)
     if reason:
         # Parked once, not re-queued: a paused fleet must not spin messages.
@@ -212,12 +232,26 @@ def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
             park_for_pause(session, job_id, reason)
         return
     with session_scope() as session:
-        claim_ = claim(session, job_id, deps.settings.job_lease_seconds)
+        claim_ = claim(session, job_id, keeper.lease_seconds, str(keeper.holder))
     if claim_ is None:
         log.info("job %s is not claimable (final, not due, leased, or missing); skipping", job_id)
         return
     bind(tenant_id=claim_.tenant_id, batch_id=claim_.batch_id)
     log.info("job %s claimed, attempt %d", job_id, claim_.attempts)
+    with keeper.holding(JOB_LEASES, job_id, claim_.token) as lease:
+        _run_claimed(claim_, lease, deps)
+
+
+def _publish_again(job_id: uuid.UUID) -> None:
+    with session_scope() as session:
+        priority = session.scalar(
+            select(Job.priority).where(Job.id == job_id, Job.status.not_in(FINAL_STATUSES))
+        )
+        if priority is not None:
+            publish_job(session, job_id, priority)
+
+
+def _run_claimed(claim_: Claim, lease: Lease, deps: RunnerDeps) -> None:
     try:
         subject = _load_subject(claim_, deps.storage)
     except (StorageError, ValueError) as exc:
@@ -232,7 +266,9 @@ def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     params = RelightParams.model_validate(claim_.params)
 
     slot = str(uuid.uuid4())
-    admission = wait_for_slot(deps.fleet, slot, deps.settings.slot_wait_seconds)
+    admission = wait_for_slot(
+        deps.fleet, slot, deps.settings.slot_wait_seconds, stop=deps.keeper.draining.is_set
+    )
     if not admission.admitted:
         _not_admitted(claim_, admission, deps)
         return
@@ -243,6 +279,15 @@ def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     if gate.stop is not None:
         deps.fleet.release(slot)
         gate.stop()
+        return
+    # The last moment to give the job up without paying for a call.
+    if lease.lost:
+        deps.fleet.release(slot)
+        log.warning("job %s: lease lost before the call; another worker has it", claim_.job_id)
+        return
+    if deps.keeper.draining.is_set():
+        deps.fleet.release(slot)
+        _hand_back(claim_)
         return
     started = utcnow()
     clock = time.monotonic()
@@ -313,11 +358,18 @@ def _cancel_claimed(claim_: Claim) -> None:
 
 
 def wait_for_slot(
-    fleet: Fleet, slot: str, max_wait: float, sleep: Callable[[float], None] = time.sleep
+    fleet: Fleet,
+    slot: str,
+    max_wait: float,
+    sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Admission:
-    """Ask the fleet for a slot until admitted, paused, or ``max_wait`` seconds have passed."""
+    """Ask the fleet for a slot until admitted, paused, ``stop()`` (the worker is shutting
+    down), or ``max_wait`` seconds have passed."""
     deadline = time.monotonic() + max_wait
     while True:
+        if stop():
+            return Admission(False, SHUTTING_DOWN)
         admission = fleet.acquire(slot)
         remaining = deadline - time.monotonic()
         if admission.admitted or admission.reason == "paused" or remaining <= 0:
@@ -328,8 +380,15 @@ def wait_for_slot(
         sleep(min(pause, remaining, 1.0))
 
 
+def _hand_back(claim_: Claim) -> None:
+    """Give a claimed job not yet calling back to the queue at once (the worker stops)."""
+    _finish(claim_, None, status=JobStatus.QUEUED, refund=True, publish_after=0)
+
+
 def _not_admitted(claim_: Claim, admission: Admission, deps: RunnerDeps) -> None:
-    if admission.reason == "paused":
+    if admission.reason == SHUTTING_DOWN:
+        _hand_back(claim_)
+    elif admission.reason == "paused":
         _finish(
             claim_,
             None,

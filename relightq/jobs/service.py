@@ -24,6 +24,7 @@ from relightq.jobs.schemas import (
     JobOut,
     OutputOut,
 )
+from relightq.leases import LeasedTable
 from relightq.pagination import newest_first, page
 from relightq.segmind.params import EXTENSIONS
 from relightq.storage import Storage, parse_s3_prefix
@@ -55,6 +56,16 @@ def publish_job(session: Session, job_id: uuid.UUID, priority: int, countdown: f
         priority=9 - priority,
         **options,
     )
+
+
+def _publish_jobs(session: Session, job_ids: list[uuid.UUID]) -> None:
+    rows = session.execute(select(Job.id, Job.priority).where(Job.id.in_(job_ids)))
+    for job_id, priority in rows:
+        publish_job(session, job_id, priority)
+
+
+# A running job is held by lease (relightq.leases): renewed while its worker lives.
+JOB_LEASES = LeasedTable("jobs", Job, JobStatus.RUNNING, _publish_jobs)
 
 
 def _new_job(tenant_id: uuid.UUID, options: JobOptions, subject: str, job_id: uuid.UUID) -> Job:

@@ -18,14 +18,18 @@ from relightq.batches.dispatch import settle_open_batches
 from relightq.db import utcnow
 from relightq.idempotency.service import forget_expired_keys
 from relightq.jobs.models import Job, JobStatus, parked_by_pause
-from relightq.jobs.service import publish_job
+from relightq.jobs.service import JOB_LEASES, publish_job
+from relightq.leases import LeasedTable, republish_expired
 from relightq.settings import Settings
-from relightq.webhooks.delivery import due_deliveries
+from relightq.webhooks.delivery import DELIVERY_LEASES, due_deliveries
 from relightq.webhooks.events import publish_delivery
 
 log = logging.getLogger(__name__)
 
 MAX_PER_SWEEP = 10_000
+# Everything workers hold by lease: renewed by their keepers, re-published here (and by
+# every live worker's keeper) once a lease runs out.
+LEASED_TABLES: tuple[LeasedTable, ...] = (JOB_LEASES, DELIVERY_LEASES)
 
 
 @dataclass(frozen=True)
@@ -39,20 +43,14 @@ class SweepReport:
 def sweep(
     session: Session, settings: Settings, *, broker_backlog: int, fleet_paused: bool
 ) -> SweepReport:
-    """Re-publish jobs whose worker died (lease expired) and jobs whose message was lost.
+    """Re-publish work whose worker died (lease expired) and jobs whose message was lost.
 
     A job counts as having lost its wake-up only when the broker holds no messages at
     all: with a backlog its message may simply not be due yet, and re-sending 100k
     messages behind a long queue would only double it.
     """
     now = utcnow()
-    expired = session.execute(
-        select(Job.id, Job.priority)
-        .where(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
-        .limit(MAX_PER_SWEEP)
-    ).all()
-    for job_id, priority in expired:
-        publish_job(session, job_id, priority)
+    expired = republish_expired(session, list(LEASED_TABLES))
 
     lost: list[Any] = []
     if broker_backlog == 0:
@@ -75,8 +73,6 @@ def sweep(
     for delivery_id in due_deliveries(session, settings):
         publish_delivery(session, delivery_id)
     forget_expired_keys(session)
-    if expired or lost:
-        log.warning(
-            "sweep re-published %d expired leases, %d lost wake-ups", len(expired), len(lost)
-        )
-    return SweepReport(len(expired), len(lost))
+    if lost:
+        log.warning("sweep re-published %d lost wake-ups", len(lost))
+    return SweepReport(expired, len(lost))

@@ -119,6 +119,7 @@ class Fleet(Protocol):
     def claim_probe(self, ttl_seconds: float) -> bool: ...
     def release_probe(self) -> None: ...
     def probe_failures(self, *, increment: bool = False, reset: bool = False) -> int: ...
+    def take_turn(self, duty: str, ttl_seconds: float) -> bool: ...
 
 
 class RedisFleet:
@@ -276,6 +277,11 @@ class RedisFleet:
             return int(self._redis.incr(self._failures))
         return int(self._redis.get(self._failures) or 0)
 
+    def take_turn(self, duty: str, ttl_seconds: float) -> bool:
+        """True for one caller across the fleet per ``ttl_seconds``: the one to do ``duty``."""
+        key = f"{self._probe}:turn:{duty}"
+        return bool(self._redis.set(key, "1", nx=True, px=max(1, int(ttl_seconds * 1000))))
+
 
 def _float(value: str | None, scale: float = 1.0) -> float | None:
     return float(value) / scale if value not in (None, "") else None
@@ -383,3 +389,12 @@ class LocalFleet:
             elif increment:
                 self._data["failures"] = self._data.get("failures", 0) + 1
             return int(self._data.get("failures", 0))
+
+    def take_turn(self, duty: str, ttl_seconds: float) -> bool:
+        """One process: its turn whenever the last one is over."""
+        with self._lock:
+            key = f"turn:{duty}"
+            if self._data.get(key, 0) > time.time():
+                return False
+            self._data[key] = time.time() + ttl_seconds
+            return True

@@ -2,7 +2,8 @@
 
 A delivery is claimed with one conditional UPDATE (like a job), so a task delivered twice
 sends once; the webhook-id stays the same on every retry so receivers can deduplicate
-the rare resend after a worker died mid-request.
+the rare resend after a worker died mid-request. The claim is a lease the worker's keeper
+renews (relightq.leases), so a delivery held by a dead worker is resent within a lease.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 
 import httpx
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session
 
 from relightq.db import session_scope, utcnow
+from relightq.leases import LeasedTable, LeaseKeeper
 from relightq.logs import bind, bound
 from relightq.metrics import WEBHOOK_DELIVERIES
 from relightq.netguard import BlockedAddress, GuardedTransport
@@ -74,9 +76,19 @@ def retry_delay(attempts: int, settings: Settings) -> float | None:
     return base * random.uniform(1 - jitter, 1 + jitter)
 
 
-def _claim(delivery_id: uuid.UUID, settings: Settings) -> WebhookDelivery | None:
+def _publish_deliveries(session: Session, delivery_ids: list[uuid.UUID]) -> None:
+    for delivery_id in delivery_ids:
+        publish_delivery(session, delivery_id)
+
+
+# A delivery being sent is held by lease, as a running job is.
+DELIVERY_LEASES = LeasedTable(
+    "webhook_deliveries", WebhookDelivery, DeliveryStatus.SENDING, _publish_deliveries
+)
+
+
+def _claim(delivery_id: uuid.UUID, keeper: LeaseKeeper) -> WebhookDelivery | None:
     now = utcnow()
-    lease = timedelta(seconds=settings.webhook_timeout_seconds + 30)
     with session_scope() as session:
         claimed = session.scalars(
             update(WebhookDelivery)
@@ -92,7 +104,9 @@ def _claim(delivery_id: uuid.UUID, settings: Settings) -> WebhookDelivery | None
             .values(
                 status=DeliveryStatus.SENDING,
                 attempts=WebhookDelivery.attempts + 1,
-                lease_expires_at=now + lease,
+                lease_token=uuid.uuid4(),
+                lease_expires_at=keeper.expires_at(now),
+                lease_holder=str(keeper.holder),
                 updated_at=now,
             )
             .returning(WebhookDelivery)
@@ -131,17 +145,26 @@ def _post(url: str, body: str, headers: dict[str, str], settings: Settings) -> O
     )
 
 
-def deliver(delivery_id: uuid.UUID, settings: Settings) -> DeliveryStatus | None:
+def deliver(
+    delivery_id: uuid.UUID, settings: Settings, keeper: LeaseKeeper
+) -> DeliveryStatus | None:
     """Try one delivery once; returns its new status, or None if it was not ours to send."""
     with bound(delivery_id=delivery_id):
-        return _deliver(delivery_id, settings)
+        if keeper.draining.is_set():
+            # Stopping: a worker that goes on sends it (this message is acked with us).
+            with session_scope() as session:
+                publish_delivery(session, delivery_id)
+            return None
+        claimed = _claim(delivery_id, keeper)
+        if claimed is None:
+            log.info("delivery %s is not due or already handled; skipping", delivery_id)
+            return None
+        assert claimed.lease_token is not None
+        with keeper.holding(DELIVERY_LEASES, claimed.id, claimed.lease_token):
+            return _deliver(claimed, settings)
 
 
-def _deliver(delivery_id: uuid.UUID, settings: Settings) -> DeliveryStatus | None:
-    claimed = _claim(delivery_id, settings)
-    if claimed is None:
-        log.info("delivery %s is not due or already handled; skipping", delivery_id)
-        return None
+def _deliver(claimed: WebhookDelivery, settings: Settings) -> DeliveryStatus | None:
     bind(tenant_id=claimed.tenant_id)
     with session_scope() as session:
         event = session.get(WebhookEvent, claimed.event_id)
@@ -158,11 +181,7 @@ def _deliver(delivery_id: uuid.UUID, settings: Settings) -> DeliveryStatus | Non
             # the delivery records the URL this try calls. A callback_url keeps its own.
             url = endpoint.url
             if url != claimed.url:
-                session.execute(
-                    update(WebhookDelivery)
-                    .where(WebhookDelivery.id == claimed.id, _still_sending)
-                    .values(url=url)
-                )
+                session.execute(update(WebhookDelivery).where(_held(claimed)).values(url=url))
         else:
             secret = ensure_callback_secret(session, claimed.tenant_id)
             url = claimed.url
@@ -174,17 +193,24 @@ def _deliver(delivery_id: uuid.UUID, settings: Settings) -> DeliveryStatus | Non
     return _record(claimed, outcome, started_at, settings)
 
 
-_still_sending = WebhookDelivery.status == DeliveryStatus.SENDING
+def _held(claimed: WebhookDelivery) -> ColumnElement[bool]:
+    """The delivery, while this claim still holds it (not a later holder after our lease)."""
+    return (
+        (WebhookDelivery.id == claimed.id)
+        & (WebhookDelivery.status == DeliveryStatus.SENDING)
+        & (WebhookDelivery.lease_token == claimed.lease_token)
+    )
+
+
+_RELEASED = {"lease_expires_at": None, "lease_token": None, "lease_holder": None}
 
 
 def _close(claimed: WebhookDelivery, status: DeliveryStatus, error: str | None) -> DeliveryStatus:
     with session_scope() as session:
         session.execute(
             update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == claimed.id, WebhookDelivery.status == DeliveryStatus.SENDING
-            )
-            .values(status=status, last_error=error, lease_expires_at=None, updated_at=utcnow())
+            .where(_held(claimed))
+            .values(status=status, last_error=error, updated_at=utcnow(), **_RELEASED)
         )
     return status
 
@@ -193,7 +219,7 @@ def _record(
     claimed: WebhookDelivery, outcome: Outcome, started_at: datetime, settings: Settings
 ) -> DeliveryStatus:
     now = utcnow()
-    values: dict[str, object] = {"lease_expires_at": None, "updated_at": now}
+    values: dict[str, object] = {"updated_at": now, **_RELEASED}
     countdown: float | None = None
     if outcome.error_class is None:
         status = DeliveryStatus.DELIVERED
@@ -223,13 +249,13 @@ def _record(
                 error_message=outcome.error_message,
             )
         )
-        session.execute(
-            update(WebhookDelivery)
-            .where(
-                WebhookDelivery.id == claimed.id, WebhookDelivery.status == DeliveryStatus.SENDING
+        done = session.execute(update(WebhookDelivery).where(_held(claimed)).values(**values))
+        if not done.rowcount:  # type: ignore[attr-defined]
+            # Our lease ran out and another worker holds the delivery: its try counts.
+            log.warning(
+                "delivery %s lost its lease before recording; outcome discarded", claimed.id
             )
-            .values(**values)
-        )
+            return status
         if outcome.http_status == 410 and claimed.endpoint_id is not None:
             # 410 Gone: the receiver says it will never want these again.
             session.execute(
@@ -251,21 +277,18 @@ def _record(
 
 
 def due_deliveries(session: Session, settings: Settings, limit: int = 1000) -> list[uuid.UUID]:
-    """Deliveries whose wake-up is due but was never sent or was lost (for the sweeper)."""
+    """Deliveries whose wake-up is due but was never sent or was lost (for the sweeper);
+    those held by a dead worker come back through their lease (relightq.leases)."""
     now = utcnow()
     grace = timedelta(seconds=settings.sweep_grace_seconds)
     return list(
         session.scalars(
             select(WebhookDelivery.id)
             .where(
-                or_(
-                    (WebhookDelivery.status == DeliveryStatus.PENDING)
-                    & (WebhookDelivery.next_attempt_at <= now)
-                    # A retry due soon was sent with a countdown; give it time to arrive.
-                    & (WebhookDelivery.updated_at < now - grace),
-                    (WebhookDelivery.status == DeliveryStatus.SENDING)
-                    & (WebhookDelivery.lease_expires_at < now),
-                )
+                WebhookDelivery.status == DeliveryStatus.PENDING,
+                WebhookDelivery.next_attempt_at <= now,
+                # A retry due soon was sent with a countdown; give it time to arrive.
+                WebhookDelivery.updated_at < now - grace,
             )
             .limit(limit)
         )

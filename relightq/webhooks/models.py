@@ -97,6 +97,10 @@ class WebhookDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # As a job's: the token tells the holder's writes apart from a later holder's, the
+    # holder names the process (relightq.leases).
+    lease_token: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    lease_holder: Mapped[str | None] = mapped_column(String(400), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -13,6 +13,8 @@ from relightq.db import session_scope, utcnow
 from relightq.jobs.models import Job, JobOutput, JobStatus
 from relightq.jobs.runner import CallRecord, Claim, _succeed, claim, retry_delay
 from relightq.jobs.schemas import JobOptions
+from relightq.jobs.service import JOB_LEASES
+from relightq.leases import LeaseKeeper
 from relightq.segmind.client import RelightResult, RelitImage
 from relightq.settings import get_settings
 from relightq.throttle.fleet import LocalFleet
@@ -30,6 +32,10 @@ def new_job(tenant: TenantKey) -> uuid.UUID:
         session.add(job)
         session.flush()
         return job.id
+
+
+def keeper() -> LeaseKeeper:
+    return LeaseKeeper(get_settings().job_lease_seconds, [JOB_LEASES])
 
 
 def try_claim(job_id: uuid.UUID, lease_seconds: int = 60) -> Claim | None:
@@ -113,7 +119,7 @@ def test_a_worker_that_lost_its_lease_cannot_record_an_outcome(tenant: TenantKey
     current = try_claim(job_id)
     assert current is not None
     storage = MemoryStorage()
-    deps = RunnerDeps(get_settings(), None, storage, LocalFleet(1, 1))  # type: ignore[arg-type]
+    deps = RunnerDeps(get_settings(), None, storage, LocalFleet(1, 1), keeper())  # type: ignore[arg-type]
     result = RelightResult([RelitImage(product_png(), "image/png")], 9.0)
 
     _succeed(stale, result, deps, CallRecord(utcnow(), 200))
@@ -152,7 +158,7 @@ def test_a_balance_below_the_reserve_pauses_the_fleet_before_it_reaches_zero(
     assert current is not None
     fleet = LocalFleet(4, 100)
     settings = get_settings().model_copy(update={"credit_reserve": 5.0})
-    deps = RunnerDeps(settings, None, MemoryStorage(), fleet)  # type: ignore[arg-type]
+    deps = RunnerDeps(settings, None, MemoryStorage(), fleet, keeper())  # type: ignore[arg-type]
     result = RelightResult([RelitImage(product_png(), "image/png")], 4.2)
     _succeed(current, result, deps, CallRecord(utcnow(), 200))
     state = fleet.state()
@@ -170,7 +176,7 @@ def test_an_unexpected_error_during_the_call_still_frees_the_fleet_slot(
             raise RuntimeError("a bug, not a Segmind answer")
 
     fleet = LocalFleet(1, 100)
-    deps = RunnerDeps(get_settings(), BrokenClient(), MemoryStorage(), fleet)  # type: ignore[arg-type]
+    deps = RunnerDeps(get_settings(), BrokenClient(), MemoryStorage(), fleet, keeper())  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
         run_job(new_job(tenant), deps)
     assert fleet.state().in_flight == 0
