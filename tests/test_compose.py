@@ -212,3 +212,19 @@ def test_beat_is_healthchecked_by_pinging_it_as_celerybeat_on_its_host() -> None
     assert check["test"][0] == "CMD-SHELL"
     assert "inspect ping --destination celerybeat@$$HOSTNAME" in check["test"][1]
     assert "start_period" in check and "interval" in check
+
+
+def _seconds(duration: str) -> float:
+    """A Compose duration such as "160s" or "2m40s" in seconds."""
+    import re
+
+    units = {"h": 3600, "m": 60, "s": 1}
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_docker_waits_for_a_stopping_worker_longer_than_the_worker_waits_for_its_calls() -> None:
+    # Otherwise Docker's SIGKILL ends calls already paid for, and their jobs run again.
+    grace = _seconds(services()["worker"]["stop_grace_period"])
+    assert grace >= Settings().worker_shutdown_grace_seconds + 10

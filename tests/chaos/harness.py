@@ -1,8 +1,12 @@
 """A whole deployment as real processes on this machine, for chaos tests and benchmarks.
 
 Its own Redis server (so FLUSHALL and restarts touch nobody else), its own PostgreSQL
-database, moto's S3 server, the simulator, the API, workers and beat, each started with
-the `relightq` command exactly as an operator would.
+database (on a PostgreSQL cluster of its own when it is to be restarted), moto's S3
+server, the simulator, the API, workers and beat, each started with the `relightq`
+command exactly as an operator would, with relightq's DEFAULT settings: leases, timeouts,
+retry schedules, sweep and probe intervals are what a user gets without tuning. Only the
+plan's limits are set (a 4-call cap, no per-minute limit: the simulator has none) and the
+API's per-key rate limit, which the harness's polling of every job would exceed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import redis
 from moto.server import ThreadedMotoServer
 
 from relightq.serving import free_port
+from tests.support.private_postgres import PrivatePostgres
 
 RELIGHTQ = str(Path(sys.executable).with_name("relightq"))
 # moto's server logs every request; captured by pytest that alone starves a 2-core machine.
@@ -87,6 +92,26 @@ class Deployment:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
 
+    def terminate(self, *names: str, timeout: float = 200) -> float:
+        """SIGTERM to each, as Kubernetes or `docker compose stop` sends; seconds until the
+        last one exited."""
+        processes = [self.processes.pop(name) for name in names]
+        started = time.monotonic()
+        for process in processes:
+            os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout)
+        return time.monotonic() - started
+
+    def pid(self, name: str) -> int:
+        """The PID of process ``name`` (a worker's leases name it)."""
+        return self.processes[name].pid
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of ``query`` on the deployment's database (for what the API does not show)."""
+        with psycopg.connect(self.env["RELIGHTQ_DATABASE_URL"].replace("+psycopg", "")) as c:
+            return c.execute(query, params).fetchall()
+
     def stop_all(self) -> None:
         """Terminate every process."""
         for name in list(self.processes):
@@ -123,6 +148,17 @@ class Deployment:
         """An HTTP client for the simulator's admin API."""
         return httpx.Client(base_url=self.simulator_url, timeout=30)
 
+    def held_by(self, worker: str) -> set[str]:
+        """Running jobs whose lease names ``worker``'s process."""
+        pid = f"|{self.pid(worker)}|"
+        rows = self.sql("SELECT id, lease_holder FROM jobs WHERE status = 'running'")
+        return {str(job_id) for job_id, holder in rows if holder and pid in holder}
+
+    def attempts(self, ids: set[str] | list[str]) -> dict[str, int]:
+        """Each job's attempt count (a takeover claims the job again: one more)."""
+        rows = self.sql("SELECT id, attempts FROM jobs WHERE id::text = ANY(%s)", list(ids))
+        return {str(job_id): attempts for job_id, attempts in rows}
+
     def log_tail(self, lines: int = 40) -> str:
         """The end of every process log, for failure messages."""
         out = []
@@ -132,12 +168,27 @@ class Deployment:
         return "\n".join(out)
 
 
+SHARED_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
 @contextmanager
-def deployment(workdir: Path, workers: int = 2, **settings: str) -> Iterator[Deployment]:
-    """Start a full deployment; ``settings`` override RELIGHTQ_* values (without prefix)."""
+def deployment(
+    workdir: Path, workers: int = 2, *, own_postgres: PrivatePostgres | None = None, **settings: str
+) -> Iterator[Deployment]:
+    """Start a full deployment; ``settings`` override RELIGHTQ_* values (without prefix).
+
+    ``own_postgres``: keep the database on that cluster (one a test may stop and restart)
+    instead of the machine's shared server.
+    """
     database = f"relightq_chaos_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+    admin_url = own_postgres.conninfo() if own_postgres else SHARED_POSTGRES
+    with psycopg.connect(admin_url, autocommit=True) as c:
         c.execute(f"CREATE DATABASE {database}")
+    database_url = (
+        own_postgres.url(database)
+        if own_postgres
+        else f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
+    )
     redis_port, api_port, sim_port, s3_port = (free_port() for _ in range(4))
     redis_server = subprocess.Popen(
         [
@@ -158,29 +209,16 @@ def deployment(workdir: Path, workers: int = 2, **settings: str) -> Iterator[Dep
     moto.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELIGHTQ_")}
     env.update(
-        RELIGHTQ_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}",
+        RELIGHTQ_DATABASE_URL=database_url,
         RELIGHTQ_BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
         RELIGHTQ_S3_BUCKET=BUCKET,
         RELIGHTQ_S3_ENDPOINT_URL=f"http://127.0.0.1:{s3_port}",
         RELIGHTQ_S3_ACCESS_KEY_ID="chaos",
         RELIGHTQ_S3_SECRET_ACCESS_KEY="chaos",
         RELIGHTQ_SIMULATOR_URL=f"http://127.0.0.1:{sim_port}",
-        # Short but correctly ordered timeouts, so a killed worker's job is reclaimed fast.
-        RELIGHTQ_SEGMIND_TIMEOUT_SECONDS="5",
-        RELIGHTQ_TASK_TIME_LIMIT_SECONDS="8",
-        RELIGHTQ_BROKER_VISIBILITY_TIMEOUT_SECONDS="10",
-        RELIGHTQ_JOB_LEASE_SECONDS="12",
-        RELIGHTQ_MAX_ATTEMPTS="10",
-        RELIGHTQ_RETRY_BASE_DELAY_SECONDS="0.2",
-        RELIGHTQ_RETRY_MAX_DELAY_SECONDS="1",
+        # The plan: 4 calls at once, no per-minute limit (the simulator enforces none).
         RELIGHTQ_MAX_CONCURRENT_CALLS="4",
         RELIGHTQ_MAX_CALLS_PER_MINUTE="100000",
-        RELIGHTQ_PROBE_INTERVAL_SECONDS="0.5",
-        RELIGHTQ_PROBE_MAX_INTERVAL_SECONDS="2",
-        RELIGHTQ_SLOT_WAIT_SECONDS="2",
-        RELIGHTQ_SWEEP_INTERVAL_SECONDS="1",
-        RELIGHTQ_SWEEP_GRACE_SECONDS="3",
-        RELIGHTQ_WORKER_CONCURRENCY="8",
         # The harness polls every job several times a second: far past a client's limit.
         RELIGHTQ_RATE_LIMIT="1000000/minute",
     )
@@ -218,8 +256,9 @@ def deployment(workdir: Path, workers: int = 2, **settings: str) -> Iterator[Dep
         redis_server.terminate()
         redis_server.wait(10)
         moto.stop()
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        if own_postgres is None or own_postgres.is_running():
+            with psycopg.connect(admin_url, autocommit=True) as c:
+                c.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 def submit(d: Deployment, count: int, **fields: Any) -> list[str]:
