@@ -11,6 +11,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn
@@ -22,6 +24,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Column, Table
 from rich.text import Text
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_never,
+    wait_exponential_jitter,
+)
+from tenacity.wait import wait_base
 
 from relightq.batches.schemas import BatchOut, BatchPage, BatchStatus
 
@@ -31,6 +43,21 @@ TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 # The API validates and stores every row of an upload before it answers: allow for that.
 SUBMIT_TIMEOUT = httpx.Timeout(900.0, connect=10.0)
 INTERRUPTED = 130  # what shells report for a command stopped by Ctrl-C
+# sysexits.h EX_TEMPFAIL, "try again later": a watch that gave up on an outage, distinct from
+# 1 (cancelled, or an error the API answered) since the batch's fate is still unknown.
+GAVE_UP = 75
+# While watching, answers that mean "come back later": rate limited, the API's own 503
+# (database or Redis down), and a gateway's 502/504 while the API behind it restarts.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Transport failures of an API that is restarting or overloaded; not e.g. a bad URL scheme.
+TRANSIENT_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
+# Retry-After is honoured up to this: a watch that goes silent for longer looks hung.
+RETRY_AFTER_MAX = 60.0
+# ...and from this, so a server answering Retry-After: 0 is not hammered in a loop.
+RETRY_AFTER_MIN = 0.5
+# Backoff when no Retry-After is given (a refused connection): 1, 2, 4 ... 30 s, jittered.
+FALLBACK_WAIT = wait_exponential_jitter(max=30)
+GIVE_UP_AFTER = 600.0
 
 batch_app = typer.Typer(
     help="Submit catalogs as batches, follow them and download their manifests "
@@ -66,6 +93,14 @@ Watch = Annotated[
     bool, typer.Option("--watch", help="Follow the batch with a progress bar until it is done.")
 ]
 Interval = Annotated[float, typer.Option(min=0.1, help="Seconds between polls while watching.")]
+GiveUpAfter = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="While watching, keep retrying (503, 429, connection errors) for this many "
+        "seconds of a continuous outage, then exit 75; 0 waits for the API forever.",
+    ),
+]
 
 
 # HTTP helpers ----------------------------------------------------------------------------
@@ -127,6 +162,115 @@ def checked(response: httpx.Response) -> httpx.Response:
 def fetch(client: httpx.Client, batch_id: uuid.UUID) -> BatchOut:
     """GET one batch."""
     return BatchOut.model_validate_json(checked(client.get(f"/v1/batches/{batch_id}")).content)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # unreadable: the fallback backoff applies
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class Unavailable(Exception):
+    """The API answered "come back later" (RETRY_STATUSES), maybe saying when."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status_code = response.status_code
+        self.retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        try:
+            error = response.json().get("error")
+        except (ValueError, AttributeError):
+            error = None  # a gateway's HTML page, say
+        code = error.get("code") if isinstance(error, dict) else None
+        self.code = code if isinstance(code, str) else None
+        super().__init__(
+            f"API answered {self.status_code}" + (f" {self.code}" if self.code else "")
+        )
+
+
+def _fetch_once(client: httpx.Client, batch_id: uuid.UUID) -> BatchOut:
+    response = client.get(f"/v1/batches/{batch_id}")
+    if response.status_code in RETRY_STATUSES:
+        raise Unavailable(response)
+    return BatchOut.model_validate_json(checked(response).content)
+
+
+class wait_retry_after(wait_base):
+    """Wait what the API's Retry-After asked (bounded), else back off as ``fallback``."""
+
+    def __init__(self, fallback: wait_base) -> None:
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        error = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(error, Unavailable) and error.retry_after is not None:
+            return min(max(error.retry_after, RETRY_AFTER_MIN), RETRY_AFTER_MAX)
+        return self.fallback(retry_state)
+
+
+def _problem(error: BaseException | None) -> str:
+    if isinstance(error, Unavailable):
+        return str(error)
+    return f"could not talk to the API ({type(error).__name__}: {error})"
+
+
+def _notice(retry_state: RetryCallState) -> None:
+    """One stderr line per retry: a watch that is waiting must not look hung or finished."""
+    error = retry_state.outcome.exception() if retry_state.outcome else None
+    delay = retry_state.next_action.sleep if retry_state.next_action else 0.0
+    err_console.print(Text(f"{_problem(error)}; retrying in {round(delay, 1):g} s", style="yellow"))
+
+
+def fetch_patiently(client: httpx.Client, batch_id: uuid.UUID, give_up_after: float) -> BatchOut:
+    """GET one batch while watching: an outage is waited out, with a notice per retry.
+
+    Only answers that mean "later" and transport errors are retried; anything else (401,
+    404, ...) fails as ``fetch`` does. After ``give_up_after`` seconds (0: never) of a
+    continuous outage, exits GAVE_UP.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception_type((Unavailable, *TRANSIENT_ERRORS)),
+        wait=wait_retry_after(FALLBACK_WAIT),
+        stop=stop_after_delay(give_up_after) if give_up_after else stop_never,
+        before_sleep=_notice,
+    )
+    try:
+        for attempt in retrying:
+            with attempt:
+                batch = _fetch_once(client, batch_id)
+    except RetryError as exc:
+        err_console.print(
+            Text.assemble(
+                ("Error: ", "bold red"),
+                (
+                    f"gave up watching after {give_up_after:g} s of outage "
+                    f"({_problem(exc.last_attempt.exception())}); batch {batch_id} goes on "
+                    "(it was not cancelled).",
+                    "red",
+                ),
+            )
+        )
+        err_console.print(f"Resume with: relightq batch status {batch_id} --watch", markup=False)
+        raise typer.Exit(GAVE_UP) from None
+    state = attempt.retry_state
+    if state.attempt_number > 1:
+        err_console.print(
+            Text(
+                f"API answers again after {state.seconds_since_start:.0f} s; watching on",
+                style="green",
+            )
+        )
+    return batch
 
 
 # Display ---------------------------------------------------------------------------------
@@ -206,11 +350,14 @@ def show(batch: BatchOut) -> None:
     console.print(grid)
 
 
-def watch_batch(client: httpx.Client, batch: BatchOut, interval: float) -> BatchOut:
+def watch_batch(
+    client: httpx.Client, batch: BatchOut, interval: float, give_up_after: float
+) -> BatchOut:
     """Poll until the batch is completed or cancelled, drawing a progress bar.
 
     Off a terminal (CI logs, pipes) a bar cannot redraw, so a plain line is printed
-    whenever something changes instead.
+    whenever something changes instead. An outage of the API is waited out (see
+    ``fetch_patiently``): only the batch's own end may end the watch with 0 or 1.
     """
     done_width = 2 * len(str(batch.total)) + 1
     # On an 80-column terminal the details would squeeze the bar and the count to nothing:
@@ -237,11 +384,16 @@ def watch_batch(client: httpx.Client, batch: BatchOut, interval: float) -> Batch
                 if batch.status in FINAL_STATUSES:
                     return batch
                 time.sleep(interval)
-                batch = fetch(client, batch.id)
+                batch = fetch_patiently(client, batch.id, give_up_after)
     except KeyboardInterrupt:
-        say(f"\nStopped watching; batch {batch.id} goes on (it was not cancelled).")
-        say(f"Resume with: relightq batch status {batch.id} --watch")
-        raise typer.Exit(INTERRUPTED) from None
+        stopped_watching(batch.id)
+
+
+def stopped_watching(batch_id: uuid.UUID) -> NoReturn:
+    """Ctrl-C while watching: say the batch goes on, exit 130 (not click's "Aborted!", 1)."""
+    say(f"\nStopped watching; batch {batch_id} goes on (it was not cancelled).")
+    say(f"Resume with: relightq batch status {batch_id} --watch")
+    raise typer.Exit(INTERRUPTED)
 
 
 def finish(batch: BatchOut) -> None:
@@ -353,6 +505,7 @@ def submit(
     ] = None,
     watch: Watch = False,
     interval: Interval = 1.0,
+    give_up_after: GiveUpAfter = GIVE_UP_AFTER,
     *,
     api_key: ApiKey,
     api_url: ApiUrl = DEFAULT_API_URL,
@@ -365,6 +518,13 @@ def submit(
     With --watch: exit 0 once the batch completes, even if some items failed (the count is
     shown; list them with `relightq batch results ID --errors`), 1 if it was cancelled, 130
     on Ctrl-C, which stops watching, not the batch.
+
+    While watching, an API that answers 503 (database down), 429 (rate limited) or a
+    gateway's 502/504, or that cannot be reached (restarting), is waited out: Retry-After
+    is honoured (at most 60 s; backoff of 1-30 s without one) and each retry is noted on
+    stderr. After --give-up-after seconds of one continuous outage (default 600; 0 waits
+    forever) the watch exits 75: the batch goes on, its end unknown; resume with
+    `relightq batch status ID --watch`.
     """
     settings: dict[str, Any] = {"defaults": job_fields_from(prompt, set_ or [])}
     optional = {
@@ -410,7 +570,8 @@ def submit(
         if not watch:
             say(f"Follow it with: relightq batch status {batch.id} --watch")
             return
-        finish(watch_batch(client, batch, interval))
+        # The upload itself is never retried (it would submit twice); the polls after it are.
+        finish(watch_batch(client, batch, interval, give_up_after))
 
 
 @batch_app.command()
@@ -418,6 +579,7 @@ def status(
     batch_id: BatchId,
     watch: Watch = False,
     interval: Interval = 1.0,
+    give_up_after: GiveUpAfter = GIVE_UP_AFTER,
     *,
     api_key: ApiKey,
     api_url: ApiUrl = DEFAULT_API_URL,
@@ -427,13 +589,24 @@ def status(
     With --watch: exit 0 once the batch completes, even if some items failed (the count is
     shown; list them with `relightq batch results ID --errors`), 1 if it was cancelled, 130
     on Ctrl-C, which stops watching, not the batch.
+
+    While watching, an API that answers 503 (database down), 429 (rate limited) or a
+    gateway's 502/504, or that cannot be reached (restarting), is waited out: Retry-After
+    is honoured (at most 60 s; backoff of 1-30 s without one) and each retry is noted on
+    stderr. After --give-up-after seconds of one continuous outage (default 600; 0 waits
+    forever) the watch exits 75: the batch goes on, its end unknown; resume with
+    `relightq batch status ID --watch`.
     """
     with api_client(api_url, api_key) as client:
-        batch = fetch(client, batch_id)
-        if watch:
-            finish(watch_batch(client, batch, interval))
-        else:
-            show(batch)
+        if not watch:
+            show(fetch(client, batch_id))
+            return
+        # A watch may start mid-outage (a script resuming one): its first GET waits too.
+        try:
+            batch = fetch_patiently(client, batch_id, give_up_after)
+        except KeyboardInterrupt:
+            stopped_watching(batch_id)
+        finish(watch_batch(client, batch, interval, give_up_after))
 
 
 @batch_app.command("list")

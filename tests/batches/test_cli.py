@@ -9,7 +9,14 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from relightq.batches.cli import GAVE_UP
 from relightq.cli import app
 from tests.batches.helpers import catalog, csv_file, wait_batch
 from tests.conftest import Services, TenantKey
@@ -32,11 +40,12 @@ def cli_env(services: Services, tenant: TenantKey) -> dict[str, str]:
     return {"RELIGHTQ_API_URL": services.api, "RELIGHTQ_API_KEY": tenant.key}
 
 
-def run(services: Services, tenant: TenantKey, *args: str) -> Result:
+def run(services: Services, tenant: TenantKey, *args: str, api_url: str | None = None) -> Result:
     """`relightq batch ARGS` as the tenant, polling fast when it watches."""
     if "--watch" in args:
         args = (*args, "--interval", "0.1")
-    return runner.invoke(app, ["batch", *args], env=cli_env(services, tenant))
+    env = cli_env(services, tenant) | ({"RELIGHTQ_API_URL": api_url} if api_url else {})
+    return runner.invoke(app, ["batch", *args], env=env)
 
 
 def batch_id_of(result: Result) -> str:
@@ -335,3 +344,206 @@ def test_budget_caps_a_batch_and_raising_it_lets_the_batch_finish(
 
     assert raised.exit_code == 0, raised.output
     assert wait_batch(api, batch_id, "completed")["counts"]["succeeded"] == 6
+
+
+# Watching through an outage -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted answer of the proxy; status 0 closes the connection unanswered, as an
+    API process that dies mid-request does."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+DROP = Fault(0)
+BATCH_GET = re.compile(r"/v1/batches/[0-9a-f-]{36}")
+# Not relayed: the proxy's own framing and identity replace them.
+HOP_HEADERS = {"connection", "content-length", "transfer-encoding", "content-encoding"}
+
+
+def api_error(status: int, code: str, retry_after: str | None) -> Fault:
+    """An error exactly as the API answers it (api/errors.py)."""
+    body = {"error": {"code": code, "message": f"{code}; retry shortly", "fields": []}}
+    headers = {"Content-Type": "application/json"}
+    return Fault(status, json.dumps(body).encode(), headers | {"Retry-After": retry_after or ""})
+
+
+class FaultyProxy(ThreadingHTTPServer):
+    """A real HTTP server in front of the real API: the first GETs of a batch meet the
+    scripted faults, in order; everything else is forwarded."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, faults: list[Fault]) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = upstream
+        self.faults = deque(faults)
+        self.lock = threading.Lock()
+        self.log: list[tuple[float, str]] = []  # (monotonic time, what was answered)
+
+    def next_fault(self, method: str, path: str) -> Fault | None:
+        with self.lock:
+            if method == "GET" and BATCH_GET.fullmatch(path) and self.faults:
+                fault = self.faults.popleft()
+                self.log.append((time.monotonic(), str(fault.status or "drop")))
+                return fault
+            self.log.append((time.monotonic(), f"{method} forwarded"))
+            return None
+
+    def gap_after(self, answer: str) -> float:
+        """Seconds from the answer ``answer`` to the request that followed it."""
+        [at] = [n for n, (_, what) in enumerate(self.log) if what == answer]
+        return self.log[at + 1][0] - self.log[at][0]
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    server: FaultyProxy
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self._answer()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the test's output stays the CLI's
+
+    def _answer(self) -> None:
+        fault = self.server.next_fault(self.command, self.path)
+        if fault is DROP:
+            self.close_connection = True
+            return
+        if fault is None:
+            length = int(self.headers.get("Content-Length") or 0)
+            sent = {
+                k: v for k, v in self.headers.items() if k.lower() not in {"host", *HOP_HEADERS}
+            }
+            upstream = httpx.request(
+                self.command,
+                self.server.upstream + self.path,
+                headers=sent,
+                content=self.rfile.read(length),
+                timeout=60,
+            )
+            fault = Fault(upstream.status_code, upstream.content, dict(upstream.headers))
+        self.send_response(fault.status)
+        for name, value in fault.headers.items():
+            if value and name.lower() not in {"date", "server", *HOP_HEADERS}:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(fault.body)))
+        self.end_headers()
+        self.wfile.write(fault.body)
+
+
+@contextmanager
+def faulty_proxy(upstream: str, faults: list[Fault]) -> Iterator[FaultyProxy]:
+    proxy = FaultyProxy(upstream, faults)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(timeout=5)
+
+
+def url_of(proxy: FaultyProxy) -> str:
+    host, port = proxy.server_address[:2]
+    return f"http://{host!s}:{port}"
+
+
+def test_submit_watch_waits_out_a_dropped_connection_a_503_and_a_429(
+    services: Services,
+    tenant: TenantKey,
+    api: httpx.Client,
+    simulator: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    urls = catalog(2, "cli-outage")
+    source = write_csv(tmp_path / "catalog.csv", [{"subject_image": url} for url in urls])
+    faults = [
+        DROP,  # the API restarting: no Retry-After, so the fallback backoff (1-2 s)
+        api_error(503, "database_unavailable", retry_after="1"),
+        # At the third retry the fallback would be 4-5 s: "1 s" proves Retry-After is read.
+        api_error(429, "rate_limited", retry_after="1"),
+    ]
+
+    with faulty_proxy(services.api, faults) as proxy:
+        result = run(
+            services,
+            tenant,
+            "submit",
+            str(source),
+            "--prompt",
+            "x",
+            "--watch",
+            api_url=url_of(proxy),
+        )
+
+    assert result.exit_code == 0, result.output
+    assert "every item succeeded" in result.stdout
+    batch = api.get(f"/v1/batches/{batch_id_of(result)}").json()
+    assert batch["status"] == "completed" and batch["counts"]["succeeded"] == 2
+    notices = result.stderr
+    assert "could not talk to the API (RemoteProtocolError" in notices, notices
+    assert "API answered 503 database_unavailable; retrying in 1 s" in notices, notices
+    assert "API answered 429 rate_limited; retrying in 1 s" in notices, notices
+    assert "API answers again" in notices, notices
+    assert not re.search(r"^Error:", notices, re.MULTILINE)  # notices, not errors
+    assert "retrying" not in result.stdout  # stdout stays the batch's
+    # The Retry-After was waited out, not just printed; then the watch polled on.
+    assert proxy.gap_after("503") >= 0.95 and proxy.gap_after("429") >= 0.95
+    assert [what for _, what in proxy.log[:4]] == ["POST forwarded", "drop", "503", "429"]
+    assert proxy.log[-1][1] == "GET forwarded"
+
+
+def test_status_watch_starting_in_an_outage_waits_then_reports_the_cancellation(
+    services: Services,
+    tenant: TenantKey,
+    api: httpx.Client,
+    simulator: httpx.Client,
+    tmp_path: Path,
+) -> None:
+    simulator.post("/admin/config", json={"latency": 0.5}).raise_for_status()
+    [url] = catalog(1, "cli-outage-cancel")
+    source = write_csv(tmp_path / "c.csv", [{"subject_image": url}] * 20)
+    batch_id = batch_id_of(run(services, tenant, "submit", str(source), "--prompt", "x"))
+    api.post(f"/v1/batches/{batch_id}/cancel").raise_for_status()
+    # A gateway's page while the API behind it restarts: no JSON, no Retry-After.
+    gateway = Fault(502, b"<html>502 Bad Gateway</html>", {"Content-Type": "text/html"})
+
+    with faulty_proxy(services.api, [gateway]) as proxy:
+        result = run(services, tenant, "status", batch_id, "--watch", api_url=url_of(proxy))
+
+    assert result.exit_code == 1, result.output
+    assert "was cancelled" in result.stdout
+    # No Retry-After: the fallback backoff, 1-2 s at the first retry.
+    assert re.search(r"API answered 502; retrying in [12](\.\d)? s", result.stderr), result.stderr
+    assert proxy.gap_after("502") >= 0.95
+
+
+def test_a_watch_gives_up_on_a_long_outage_with_its_own_exit_code(
+    services: Services, tenant: TenantKey
+) -> None:
+    batch_id = str(uuid.uuid4())
+    started = time.monotonic()
+
+    result = run(
+        services,
+        tenant,
+        *("status", batch_id, "--watch", "--give-up-after", "1"),
+        api_url="http://127.0.0.1:9",  # nothing listens: connection refused
+    )
+
+    assert result.exit_code == GAVE_UP == 75, result.output
+    assert "could not talk to the API (ConnectError" in result.stderr
+    assert "gave up watching after 1 s of outage" in result.stderr
+    assert f"relightq batch status {batch_id} --watch" in result.stderr
+    assert "Traceback" not in result.output
+    assert time.monotonic() - started >= 1  # it did wait, and retried
+    assert result.stderr.count("retrying in") >= 1
