@@ -11,7 +11,7 @@ from sqlalchemy import text
 from api import batches, compat, dashboard, jobs, schedules, throttle, triggers, webhooks
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
-from api.nul import RefuseNul
+from api.nul import RefuseUnstorableText
 from api.request_log import RequestLog
 from relightq.db import get_engine
 from relightq.metrics import FleetStateCollector
@@ -29,7 +29,7 @@ def create_app() -> FastAPI:
         description="Asynchronous job queue relighting product images with Segmind IC-Light.",
     )
     # Added first, so it runs inside the size limit: it buffers only bodies already capped.
-    app.add_middleware(RefuseNul, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RefuseUnstorableText, max_bytes=settings.max_request_bytes)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,

@@ -31,12 +31,11 @@ from relightq.batches.schemas import (
 from relightq.batches.sources import RawItem, csv_items, json_items, jsonl_items, prefix_items
 from relightq.db import get_sessionmaker
 from relightq.errors import (
-    NUL_MESSAGE,
     FieldProblem,
     InvalidInput,
     RelightqError,
     field_problems,
-    nul_field,
+    unstorable_field,
 )
 from relightq.jobs.service import foreign_subject_problem
 from relightq.json_input import parse_json
@@ -200,8 +199,10 @@ async def create_batch(
         # Starlette spools an uploaded file to disk past 1 MiB: it is never whole in memory.
         form = await request.form(max_files=1, max_fields=32)
         fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
-        if nul := nul_field(fields):
-            raise InvalidInput([FieldProblem(nul, NUL_MESSAGE)])
+        # Starlette decodes fields with whatever charset the request names (utf-7 can spell
+        # a lone surrogate) and NUL is valid UTF-8: the text is checked as JSON text is.
+        if problem := unstorable_field(fields):
+            raise InvalidInput([problem])
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidInput([FieldProblem("file", "must be an uploaded file", ALLOWED["file"])])

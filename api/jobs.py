@@ -19,12 +19,11 @@ from api.idempotency import key_of, remember, replay_or_claim
 from api.waiting import prefer_wait, wait_for_job
 from relightq.db import session_scope
 from relightq.errors import (
-    NUL_MESSAGE,
     FieldProblem,
     InvalidInput,
     RelightqError,
     field_problems,
-    nul_field,
+    unstorable_field,
 )
 from relightq.jobs import service
 from relightq.jobs.models import FINAL_STATUSES, JobStatus
@@ -131,8 +130,10 @@ async def create_job(
     elif content_type == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=64)
         fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
-        if nul := nul_field(fields):
-            raise InvalidInput([FieldProblem(nul, NUL_MESSAGE)])
+        # Starlette decodes fields with whatever charset the request names (utf-7 can spell
+        # a lone surrogate) and NUL is valid UTF-8: the text is checked as JSON text is.
+        if problem := unstorable_field(fields):
+            raise InvalidInput([problem])
         upload = form.get("subject_image")
         problems: list[FieldProblem] = []
         if not isinstance(upload, UploadFile):

@@ -1,9 +1,13 @@
-"""Refuse NUL characters in JSON bodies with a 422 naming the field.
+"""Refuse NUL characters and lone surrogates in JSON bodies with a 422 naming the field.
 
 PostgreSQL cannot store U+0000 in text or JSONB, so a ``"\\u0000"`` anywhere in a body
 would otherwise fail deep in an INSERT as a 500 (and after a partial write elsewhere).
-Checking the raw JSON once, at the door, covers every route that takes JSON; only bodies
-that contain the escape at all are parsed a second time to find the field.
+An unpaired surrogate (``"\\udfff"``) is worse: json.loads accepts it, but it is not
+Unicode text, so the first step that encodes it (a validator's message, a digest, an
+INSERT) raises UnicodeEncodeError, a 500 in whichever place that is. Checking the raw
+JSON once, at the door, covers every route that takes JSON, including the ones FastAPI
+parses itself; only bodies that could hold either are parsed a second time to find the
+field.
 """
 
 from __future__ import annotations
@@ -15,19 +19,26 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import COMPAT_PREFIX
-from relightq.errors import NUL_MESSAGE, FieldProblem, nul_field
+from relightq.errors import FieldProblem, unstorable_field
 
-NUL_ESCAPE = re.compile(rb"\\u0000", re.IGNORECASE)
+# Bodies that may decode to NUL or a surrogate: the escapes; the bytes json.loads decodes
+# to a surrogate (it reads UTF-8 with surrogatepass); and any NUL byte, which a body in
+# UTF-16 or UTF-32 (json.loads detects those too) always has, escapes and all.
+MAY_BE_UNSTORABLE = re.compile(
+    rb"\\u0000|\\ud[89a-f][0-9a-f]{2}|\xed[\xa0-\xbf]|\x00", re.IGNORECASE
+)
 # Inbound trigger events are signed third-party payloads a tenant cannot fix: the
-# trigger strips NUL from the values it maps instead of refusing the event.
+# trigger cleans such text (relightq.errors.storable) instead of refusing the event.
 EXEMPT = re.compile(r"^/v1/triggers/[^/]+/?$")
 
 
-class RefuseNul:
-    """ASGI middleware: a JSON body with NUL in any string is a 422, before any route.
+class RefuseUnstorableText:
+    """ASGI middleware: a JSON body with NUL or a lone surrogate in any key or string is a
+    422, before any route.
 
     Bodies over ``max_bytes`` (a JSON batch may be far bigger than other requests) are
-    passed through unbuffered; the database error handler still answers those 422.
+    passed through unbuffered; the routes that take them parse them with
+    relightq.json_input.parse_json, which refuses the same text.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -53,11 +64,11 @@ class RefuseNul:
                 await self.app(scope, _replay(chunks, None, receive, more=True), send)
                 return
         body = b"".join(chunks)
-        field = _nul_field_of(body) if NUL_ESCAPE.search(body) else None
-        if field is None:
+        problem = _unstorable_in(body) if MAY_BE_UNSTORABLE.search(body) else None
+        if problem is None:
             await self.app(scope, _replay(chunks, None, receive), send)
             return
-        await _refuse(send, scope["path"], FieldProblem(field, NUL_MESSAGE))
+        await _refuse(send, scope["path"], problem)
 
 
 def _is_json(scope: Scope) -> bool:
@@ -66,9 +77,9 @@ def _is_json(scope: Scope) -> bool:
     return content_type == b"application/json" or content_type.endswith(b"+json")
 
 
-def _nul_field_of(body: bytes) -> str | None:
+def _unstorable_in(body: bytes) -> FieldProblem | None:
     try:
-        return nul_field(json.loads(body))
+        return unstorable_field(json.loads(body))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None  # not JSON: the route answers that in its own words
 
@@ -102,7 +113,7 @@ async def _refuse(send: Send, path: str, problem: FieldProblem) -> None:
         "fields": [problem.as_dict()],
     }
     if path.startswith(COMPAT_PREFIX):  # Segmind's shape, for a Segmind client
-        body = json.dumps({"error": f"Invalid parameters: {problem.field} {NUL_MESSAGE}"})
+        body = json.dumps({"error": f"Invalid parameters: {problem.field} {problem.message}"})
     else:
         body = json.dumps({"error": error})
     encoded = body.encode()

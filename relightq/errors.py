@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,23 +97,60 @@ class RateLimited(RelightqError):
 
 
 NUL_MESSAGE = "must not contain NUL (\\u0000) characters"
+SURROGATE_MESSAGE = (
+    "must not contain unpaired UTF-16 surrogates (\\ud800 to \\udfff): they are not text"
+)
+# PostgreSQL cannot store NUL. A lone surrogate (json.loads turns a "\udfff" escape, or
+# bytes decoded with surrogatepass, into one) is no Unicode character at all: it cannot be
+# encoded as UTF-8 to be stored, hashed, sent on, or even echoed back in an error.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def nul_field(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first key or string holding a NUL character, or None."""
+def unstorable_message(text: str) -> str | None:
+    """Why ``text`` cannot be stored, or None when it can."""
+    found = UNSTORABLE.search(text)
+    if found is None:
+        return None
+    return NUL_MESSAGE if found.group() == "\x00" else SURROGATE_MESSAGE
+
+
+def shown(text: str) -> str:
+    """``text`` with its NULs and surrogates as JSON escapes: fit to name a field by."""
+    return UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def unstorable_field(value: Any, path: str = "", whole: str = "body") -> FieldProblem | None:
+    """The first key or string (in document order) holding NUL or a lone surrogate, as a
+    problem named by its dotted path below ``path`` (``whole`` names a bare string)."""
     if isinstance(value, str):
-        return (path or "body") if "\x00" in value else None
+        message = unstorable_message(value)
+        return None if message is None else FieldProblem(path or whole, message)
     if isinstance(value, dict):
         for key, item in value.items():
-            here = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key):
-                return here.replace("\x00", "\\u0000")
-            found = nul_field(item, here)
+            text = str(key)
+            here = f"{path}.{shown(text)}" if path else shown(text)
+            message = unstorable_message(text)
+            if message is not None:
+                return FieldProblem(here, message)
+            found = unstorable_field(item, here)
             if found:
                 return found
     if isinstance(value, list):
         for index, item in enumerate(value):
-            found = nul_field(item, f"{path}[{index}]" if path else f"[{index}]")
+            found = unstorable_field(item, f"{path}[{index}]" if path else f"[{index}]")
             if found:
                 return found
     return None
+
+
+def storable(value: Any) -> Any:
+    """``value`` with NUL dropped from its keys and strings and each lone surrogate made
+    U+FFFD: for text a sender cannot be asked to fix. A surrogate is replaced rather than
+    dropped so that removing it cannot join two pieces of text into a new word."""
+    if isinstance(value, str):
+        return UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", value)
+    if isinstance(value, list):
+        return [storable(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    return value

@@ -1,10 +1,15 @@
-"""JSON text from clients (bodies, form fields, file rows): one answer when it is not JSON
-or nests too deeply.
+"""JSON text from clients (bodies, form fields, file rows): one answer when it is not JSON,
+nests too deeply, or holds text that cannot be stored.
 
 Python's parser gives up with a RecursionError near 1000 levels, and values nested a few
 hundred deep pass the parser but break what comes after it (pydantic will not serialize
 them back, the NUL check walks recursively), each a 500 in its own place. A nesting
 limit checked once, where the text is parsed, keeps every later step safe.
+
+So does the text check: JSON may spell NUL (``\\u0000``), which PostgreSQL cannot store,
+and unpaired UTF-16 surrogates (``\\udfff``), which are not Unicode text and fail as a
+UnicodeEncodeError wherever the value is next encoded (a validator's message, a digest,
+an INSERT). Both are refused here, naming the field, so no later step meets them.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from relightq.errors import FieldProblem, InvalidInput
+from relightq.errors import FieldProblem, InvalidInput, storable, unstorable_field
 
 # Deeper than any job field or metadata needs; far below where the steps after parsing fail.
 MAX_DEPTH = 64
@@ -37,8 +42,22 @@ def nesting_depth(value: Any) -> int:
     return depth
 
 
-def parse_json(data: str | bytes | bytearray, field: str, allowed: str | None = None) -> Any:
-    """``data`` parsed; InvalidInput naming ``field`` when it is not JSON or nests too deeply."""
+def parse_json(
+    data: str | bytes | bytearray,
+    field: str,
+    allowed: str | None = None,
+    *,
+    document: bool = False,
+    clean: bool = False,
+) -> Any:
+    """``data`` parsed; InvalidInput naming ``field`` when it is not JSON or nests too
+    deeply, or naming the key or string that holds NUL or a lone surrogate.
+
+    ``document``: ``data`` is a whole body or item, so a string inside it is named from
+    its top (``metadata.sku``), not below ``field`` (``body.metadata.sku``).
+    ``clean``: such text is made storable (see ``storable``) instead of refused, for a
+    third party's payload that the tenant cannot fix.
+    """
     try:
         value = json.loads(data)
     except RecursionError as exc:
@@ -47,4 +66,9 @@ def parse_json(data: str | bytes | bytearray, field: str, allowed: str | None = 
         raise InvalidInput([FieldProblem(field, NOT_JSON, allowed)]) from exc
     if nesting_depth(value) > MAX_DEPTH:
         raise InvalidInput([FieldProblem(field, TOO_DEEP, allowed)])
+    if clean:
+        return storable(value)
+    problem = unstorable_field(value, "" if document else field, whole=field)
+    if problem is not None:
+        raise InvalidInput([problem])
     return value

@@ -44,13 +44,13 @@ from relightq.batches.schemas import (
 from relightq.batches.sources import RawItem
 from relightq.db import utcnow
 from relightq.errors import (
-    NUL_MESSAGE,
+    UNSTORABLE,
     FieldProblem,
     InvalidInput,
     NotFound,
     RelightqError,
     field_problems,
-    nul_field,
+    unstorable_field,
 )
 from relightq.jobs.models import Job, JobStatus, held_by_batch
 from relightq.jobs.schemas import JobCreate
@@ -209,13 +209,14 @@ def _take(
 ) -> None:
     job_id = uuid.uuid4()
     problems = [item.problem] if item.problem else []
-    nul = nul_field(item.fields)
-    if nul and not problems:
-        problems.append(FieldProblem(nul, NUL_MESSAGE))
+    # Every source's fields, whatever decoded them (CSV cells may hold NUL).
+    unstorable = unstorable_field(item.fields)
+    if unstorable and not problems:
+        problems.append(unstorable)
     request: JobCreate | None = None
     # A row with one unreadable cell (a bad metadata cell) is still checked field by field,
     # so the 422 lists all its problems at once; an unreadable record has no fields.
-    if not problems or (item.problem and item.fields and not nul):
+    if not problems or (item.problem and item.fields and not unstorable):
         merged = {**spec.defaults, **item.fields}
         merged.setdefault("priority", BATCH_DEFAULT_PRIORITY)
         if isinstance(spec.defaults.get("metadata"), dict) and isinstance(
@@ -293,8 +294,9 @@ def _reject(state: _Ingest, item: RawItem, problems: list[FieldProblem]) -> None
 
 
 def _text(value: Any) -> str | None:
-    # A rejected row may hold the NUL it was rejected for; PostgreSQL cannot store it.
-    return None if value is None else str(value)[:4096].replace("\x00", "\ufffd")
+    # A rejected row may hold the NUL or lone surrogate it was rejected for; neither can
+    # be stored.
+    return None if value is None else UNSTORABLE.sub("\ufffd", str(value)[:4096])
 
 
 def _flush(session: Session, state: _Ingest) -> None:

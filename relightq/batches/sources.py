@@ -54,7 +54,7 @@ def jsonl_items(binary: IO[bytes]) -> Iterator[RawItem]:
             continue
         row += 1
         try:
-            item = parse_json(line, "item")
+            item = parse_json(line, "item", document=True)
         except InvalidInput as exc:
             yield RawItem(row, {}, problem=exc.fields[0])
             continue

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from relightq.errors import InvalidInput
+from relightq.errors import InvalidInput, unstorable_field
 from relightq.json_input import parse_json
 from relightq.segmind.params import ALLOWED, RelightParams
 
@@ -95,9 +95,12 @@ async def parse_request(request: Request) -> tuple[RelightParams, str | bytes]:
     fields: dict[str, Any] = {}
     if media == "application/json":
         try:
-            body = parse_json(await request.body(), "body")
+            body = parse_json(await request.body(), "body", document=True)
         except InvalidInput as exc:
-            raise Reject(422, f"The JSON body {exc.fields[0].message}") from exc
+            bad = exc.fields[0]
+            if bad.field == "body":
+                raise Reject(422, f"The JSON body {bad.message}") from exc
+            raise Reject(422, f"Invalid parameters: {bad.field} {bad.message}") from exc
         if not isinstance(body, dict):
             raise Reject(422, "JSON body must be an object")
         fields = dict(body)
@@ -108,6 +111,11 @@ async def parse_request(request: Request) -> tuple[RelightParams, str | bytes]:
                     fields[key] = await value.read() if isinstance(value, UploadFile) else value
         except Exception as exc:  # malformed multipart surfaces as several Starlette types
             raise Reject(422, f"Invalid multipart body: {exc}") from exc
+        # Decoded with whatever charset the request names (utf-7 can spell a lone
+        # surrogate): its names and text are checked as JSON text is.
+        texts = {name: value if isinstance(value, str) else "" for name, value in fields.items()}
+        if problem := unstorable_field(texts):
+            raise Reject(422, f"Invalid parameters: {problem.field} {problem.message}")
     else:
         shown = media or "(none)"
         raise Reject(

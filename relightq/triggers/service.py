@@ -308,16 +308,6 @@ def _dedupe_keys(trigger: Trigger, event_id: str, body: bytes) -> list[str]:
     return sorted(keys)
 
 
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, list):
-        return [_without_nul(item) for item in value]
-    if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
-    return value
-
-
 def receive(
     session: Session, name: str, headers: Mapping[str, str], body: bytes, bucket: str
 ) -> TriggerAccepted:
@@ -329,10 +319,11 @@ def receive(
     # not counted (a 404 stores nothing), as unknown API keys are not.
     check_trigger_rate(trigger.name)
     event_id = _stored_event_id(verify(trigger, headers, body))
-    # Another system's text may hold NUL characters, which PostgreSQL cannot store and
-    # the tenant cannot fix: they are dropped rather than the event refused. Not JSON, or
-    # nested too deep to map safely, is a 422 naming the body.
-    payload = _without_nul(parse_json(body, "body", "a JSON event"))
+    # Another system's text may hold NUL characters, which PostgreSQL cannot store, or
+    # lone surrogates, which cannot be encoded at all, and the tenant cannot fix either:
+    # NUL is dropped and a surrogate made U+FFFD rather than the event refused. Not JSON,
+    # or nested too deep to map safely, is a 422 naming the body.
+    payload = parse_json(body, "body", "a JSON event", document=True, clean=True)
     keys = _dedupe_keys(trigger, event_id, body)
     # A concurrent request holding one of the keys makes this INSERT wait for its commit.
     savepoint = session.begin_nested()

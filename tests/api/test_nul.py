@@ -5,20 +5,23 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from relightq.errors import nul_field
+from relightq.errors import NUL_MESSAGE, FieldProblem, unstorable_field
 from tests.api.test_jobs import URL, fields_of, job_count
 from tests.batches.helpers import csv_file
 from tests.conftest import TenantKey
 from tests.support.images import product_png
 
 
-def test_nul_field_names_the_first_key_or_string_holding_a_nul() -> None:
-    assert nul_field({"prompt": "ok", "metadata": {"notes": ["a", "b\x00"]}}) == (
-        "metadata.notes[1]"
-    )
-    assert nul_field({"metadata": {"k\x00": 1}}) == "metadata.k\\u0000"
-    assert nul_field("\x00") == "body"
-    assert nul_field({"prompt": "no nul here", "n": 3, "x": None}) is None
+def test_unstorable_field_names_the_first_key_or_string_holding_a_nul() -> None:
+    def named(value: object) -> str | None:
+        problem = unstorable_field(value)
+        return None if problem is None else problem.field
+
+    assert named({"prompt": "ok", "metadata": {"notes": ["a", "b\x00"]}}) == "metadata.notes[1]"
+    assert named({"metadata": {"k\x00": 1}}) == "metadata.k\\u0000"
+    assert named("\x00") == "body"
+    assert named({"prompt": "no nul here", "n": 3, "x": None}) is None
+    assert unstorable_field({"a": "\x00"}) == FieldProblem("a", NUL_MESSAGE)
 
 
 @pytest.mark.parametrize(

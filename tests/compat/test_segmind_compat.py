@@ -128,6 +128,37 @@ def test_bad_parameters_get_segminds_own_answer_and_no_job(
     assert ours.status_code == 422 and jobs_of(tenant) == 0
 
 
+def test_a_lone_surrogate_gets_a_422_in_segminds_shape_and_no_job(
+    services: Services, tenant: TenantKey, simulator: httpx.Client
+) -> None:
+    body = json.dumps({"prompt": "studio \udfff", "subject_image": "https://example.com/a.png"})
+    json_headers = {"x-api-key": tenant.key, "content-type": "application/json"}
+    boundary = "b0undary"
+    # Starlette decodes form text with the charset the request names: in UTF-7 "+2AA-" is
+    # U+D800 alone.
+    form = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nstudio +2AA-\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="subject_image"\r\n\r\n'
+        f"https://example.com/a.png\r\n--{boundary}--\r\n"
+    ).encode()
+    form_type = f"multipart/form-data; boundary={boundary}; charset=utf-7"
+
+    ours = httpx.post(services.api + PATH, content=body.encode(), headers=json_headers)
+    segminds = simulator.post("/v1/ic-light", content=body.encode(), headers=json_headers)
+    ours_form = httpx.post(
+        services.api + PATH,
+        content=form,
+        headers={"x-api-key": tenant.key, "content-type": form_type},
+    )
+
+    assert (ours.status_code, ours.json()) == (segminds.status_code, segminds.json())
+    assert ours.status_code == 422 and ours.json()["error"].startswith(
+        "Invalid parameters: prompt must not contain unpaired UTF-16 surrogates"
+    )
+    assert (ours_form.status_code, ours_form.json()) == (422, ours.json())
+    assert jobs_of(tenant) == 0
+
+
 def test_keys_and_content_types_are_refused_as_segmind_refuses_them(
     services: Services, tenant: TenantKey
 ) -> None:

@@ -336,6 +336,24 @@ def test_nul_characters_in_a_signed_event_are_dropped_not_a_500(
     assert job["metadata"]["title"] == "Mug deluxe"
 
 
+def test_lone_surrogates_in_a_signed_event_become_u_fffd_not_a_500(
+    services: Services, api: httpx.Client, tenant: TenantKey
+) -> None:
+    name = shopify_trigger(api)
+    _, url = shop_image("triggers/surrogate.png")
+    event = json.loads(product_created(url))
+    event["title"] = "Mug\udfff deluxe"  # json.dumps escapes it, as a sender's JSON would
+    event["vendor\ud800"] = "kept apart"
+    body = json.dumps(event).encode()
+    with httpx.Client(base_url=services.api) as shopify:
+        response = shopify.post(
+            f"/v1/triggers/{name}", content=body, headers=shopify_headers(body, "e-surrogate")
+        )
+    assert response.status_code == 202, response.text
+    job = api.get(f"/v1/jobs/{response.json()['jobs'][0]}").json()
+    assert job["metadata"]["title"] == "Mug\ufffd deluxe"
+
+
 def test_event_ids_longer_than_the_column_stay_distinct(
     services: Services, api: httpx.Client, tenant: TenantKey
 ) -> None:
