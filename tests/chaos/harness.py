@@ -103,6 +103,10 @@ class Deployment:
             process.wait(timeout)
         return time.monotonic() - started
 
+    def signal(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` to process ``name`` and leave it running (or stopping)."""
+        self.processes[name].send_signal(sig)
+
     def pid(self, name: str) -> int:
         """The PID of process ``name`` (a worker's leases name it)."""
         return self.processes[name].pid

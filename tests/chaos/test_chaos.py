@@ -182,6 +182,30 @@ def test_sigterm_mid_call_finishes_the_calls_on_the_wire_and_hands_back_the_rest
     assert all(j["attempts"] == 1 for j in jobs)  # handed back with its attempt refunded
 
 
+def test_a_second_sigterm_hands_back_the_calls_still_running_and_exits_at_once(
+    fleet: Deployment, sim: httpx.Client
+) -> None:
+    sim.post("/admin/config", json={"latency": 20.0}).raise_for_status()
+    ids = submit(fleet, CAP)
+    wait_in_flight(fleet, sim, CAP)
+    stopping = "worker0" if fleet.held_by("worker0") else "worker1"
+    held = fleet.held_by(stopping)
+    process = fleet.processes[stopping]
+    fleet.signal(stopping)
+    time.sleep(2)
+    assert process.poll() is None  # the first SIGTERM waits for the calls on the wire
+    fleet.signal(stopping)
+    process.wait(10)  # the second ends it now
+    fleet.processes.pop(stopping)
+    ended = time.monotonic()
+    # Handed back with their leases ended: the other worker takes them at once, not 30 s on.
+    while min(fleet.attempts(held).values()) < 2:
+        assert time.monotonic() - ended < 10, fleet.log_tail()
+        time.sleep(0.1)
+    jobs = wait_final(fleet, ids, timeout=120)
+    assert_all_succeeded_once(fleet, jobs)
+
+
 def test_flushall_with_jobs_queued_still_completes_every_job(
     fleet: Deployment, sim: httpx.Client
 ) -> None:
