@@ -181,3 +181,72 @@ def test_an_unexpected_error_during_the_call_still_frees_the_fleet_slot(
         run_job(new_job(tenant), deps)
     assert fleet.state().in_flight == 0
     assert fleet.acquire("next").admitted  # the cap of 1 is whole again
+
+
+class RecordingClient:
+    """Counts relight calls; any call is a failure of the tests below."""
+
+    calls = 0
+
+    def relight(self, *_: object) -> RelightResult:
+        self.calls += 1
+        return RelightResult([RelitImage(product_png(), "image/png")], 9.0)
+
+
+def test_a_job_whose_lease_is_lost_before_the_call_is_not_called(tenant: TenantKey) -> None:
+    # The keeper could not renew past the lease (PostgreSQL unreachable): another worker
+    # may hold the job now, so this one must not pay for a call.
+    from relightq.jobs.runner import RunnerDeps, _run_claimed
+    from relightq.leases import Lease
+
+    job_id = new_job(tenant)
+    claimed = try_claim(job_id)
+    assert claimed is not None
+    client, fleet = RecordingClient(), LocalFleet(1, 100)
+    deps = RunnerDeps(get_settings(), client, MemoryStorage(), fleet, keeper())  # type: ignore[arg-type]
+    expired = Lease(JOB_LEASES, job_id, claimed.token, valid_until=0.0)
+    _run_claimed(claimed, expired, deps)
+    assert client.calls == 0
+    assert fleet.state().in_flight == 0  # its slot was given back
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED))
+
+
+def test_a_stopping_worker_hands_a_job_waiting_for_a_slot_back_to_the_queue_at_once(
+    tenant: TenantKey,
+) -> None:
+    import threading
+    import time
+
+    from relightq.jobs.runner import RunnerDeps, run_job
+
+    job_id = new_job(tenant)
+    fleet = LocalFleet(1, 100)
+    assert fleet.acquire("a call of another job").admitted  # the only slot is busy
+    client, keeper_ = RecordingClient(), keeper()
+    deps = RunnerDeps(get_settings(), client, MemoryStorage(), fleet, keeper_)  # type: ignore[arg-type]
+    threading.Timer(0.3, keeper_.draining.set).start()  # SIGTERM while it waits
+    started = time.monotonic()
+    run_job(job_id, deps)
+    assert time.monotonic() - started < 2  # not the 60 s slot wait
+    assert client.calls == 0
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        # Back in the queue, its attempt refunded, no lease left behind.
+        assert (job.status, job.attempts, job.lease_token) == (JobStatus.QUEUED, 0, None)
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED))
+
+
+def test_a_stopping_worker_does_not_claim_the_jobs_it_still_receives(tenant: TenantKey) -> None:
+    from relightq.jobs.runner import RunnerDeps, run_job
+
+    job_id = new_job(tenant)
+    client, keeper_ = RecordingClient(), keeper()
+    keeper_.draining.set()
+    deps = RunnerDeps(get_settings(), client, MemoryStorage(), LocalFleet(1, 100), keeper_)  # type: ignore[arg-type]
+    run_job(job_id, deps)
+    assert client.calls == 0
+    with session_scope() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)  # left for another worker
+        session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED))
