@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from relightq.logs import redact
-from relightq.netguard import BlockedAddress, GuardedTransport
+from relightq.netguard import BlockedAddress
 from relightq.segmind.errors import (
     SegmindError,
     SegmindOutOfCredits,
@@ -26,6 +26,7 @@ from relightq.segmind.params import RelightParams
 RELIGHT_PATH = "/v1/ic-light"
 CREDITS_PATH = "/v1/get-user-credits"
 PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 409, 410, 413, 415, 422})
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,36 @@ def _error_message(response: httpx.Response, api_key: str = "") -> str:
     return text or response.reason_phrase or f"HTTP {response.status_code}"
 
 
+def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with the scheme's default port filled in."""
+    return url.scheme, url.host.lower(), url.port or DEFAULT_PORTS.get(url.scheme)
+
+
+def shown_origin(url: httpx.URL) -> str:
+    """An origin as a URL prefix, for messages."""
+    scheme, host, port = origin_of(url)
+    return f"{scheme}://{host}:{port}"
+
+
+class OriginOnlyTransport(httpx.HTTPTransport):
+    """An httpx transport that sends requests to one origin only, refusing any other
+    (a redirect hop included) with BlockedAddress before connecting."""
+
+    def __init__(self, origin: httpx.URL) -> None:
+        super().__init__()
+        self._origin = origin_of(origin)
+        self._shown = shown_origin(origin)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` if it is for the origin."""
+        if origin_of(request.url) != self._origin:
+            raise BlockedAddress(
+                f"{shown_origin(request.url)} is not the upstream's origin {self._shown}; "
+                "outputs are fetched from the upstream itself only"
+            )
+        return super().handle_request(request)
+
+
 class SegmindClient:
     """Calls IC-Light and maps every answer to a result or a typed SegmindError."""
 
@@ -109,7 +140,6 @@ class SegmindClient:
         http: httpx.Client | None = None,
     ) -> None:
         self._base_url = base_url.rstrip("/")
-        self._host = httpx.URL(self._base_url).host
         self._download_client: httpx.Client | None = None
         self._api_key = api_key
         # Connect fails fast; the read timeout covers a ~30 s generation with room to spare.
@@ -119,11 +149,18 @@ class SegmindClient:
         )
 
     def _downloads(self) -> httpx.Client:
-        # Output URLs come from the upstream's answer: every hop is resolved and checked
-        # (no private, loopback or link-local targets), except the upstream's own host.
+        # Output URLs come from the upstream's answer, so they are fetched from the
+        # upstream's own origin only (scheme, host and port of the base URL called), on
+        # every redirect hop too: another port of its host may be an admin or metadata
+        # service that the host's trust must not extend to. No other host is allowed,
+        # public or not. Segmind documents v1 IC-Light as answering the image bytes; a
+        # JSON list of URLs is tolerated only as an undocumented multi-image form, and the
+        # one upstream known to answer one (the simulator) serves them from its own origin.
+        # Segmind's CDN URLs belong to its v2 queue API, which this client does not call.
+        # Should v1 ever hand out CDN URLs, name those origins here explicitly.
         if self._download_client is None:
             self._download_client = httpx.Client(
-                transport=GuardedTransport(trusted_hosts=frozenset({self._host})),
+                transport=OriginOnlyTransport(httpx.URL(self._base_url)),
                 follow_redirects=True,
                 max_redirects=5,
                 timeout=httpx.Timeout(60.0, connect=10.0),

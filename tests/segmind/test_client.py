@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from relightq.segmind.client import (
     RELIGHT_PATH,
@@ -226,3 +231,102 @@ def test_the_credits_probe_never_gets_the_quoted_key_into_its_error(
 ) -> None:
     with pytest.raises(SegmindUnauthorized, match=r"API key \[redacted\] is not valid"):
         echoing_client.get_credits()
+
+
+@contextmanager
+def image_server() -> Iterator[tuple[str, list[str]]]:
+    """A server on its own port answering every GET with a PNG; yields its URL and the
+    paths it was asked for."""
+    asked: list[str] = []
+    png = product_png()
+
+    async def image(request: Request) -> Response:
+        asked.append(request.url.path)
+        return Response(png, media_type="image/png")
+
+    with serve_in_thread(Starlette(routes=[Route("/{path:path}", image)])) as url:
+        yield url, asked
+
+
+@contextmanager
+def upstream_answering(*urls: str, redirect_to: str = "") -> Iterator[tuple[str, list[str]]]:
+    """An upstream answering IC-Light with JSON naming ``urls`` (``{origin}`` in one is its
+    own base URL), serving its own /outputs (or redirecting them to ``redirect_to``);
+    yields its URL and the output paths it was asked for."""
+    asked: list[str] = []
+    png = product_png()
+    base: list[str] = []
+
+    async def relight(_: Request) -> JSONResponse:
+        return JSONResponse({"images": [url.format(origin=base[0]) for url in urls]})
+
+    async def output(request: Request) -> Response:
+        asked.append(request.url.path)
+        if redirect_to:
+            return RedirectResponse(redirect_to + request.url.path, 302)
+        return Response(png, media_type="image/png")
+
+    app = Starlette(
+        routes=[
+            Route(RELIGHT_PATH, relight, methods=["POST"]),
+            Route("/outputs/{name}", output),
+        ]
+    )
+    with serve_in_thread(app) as url:
+        base.append(url)
+        yield url, asked
+
+
+def test_an_output_url_on_the_upstreams_own_origin_is_fetched() -> None:
+    with upstream_answering("{origin}/outputs/a.png", "{origin}/outputs/b.png") as (url, asked):
+        segmind = SegmindClient(url, "k")
+        result = segmind.relight(RelightParams(prompt="p"), UPLOAD)
+        segmind.close()
+    assert [image.content_type for image in result.images] == ["image/png", "image/png"]
+    assert asked == ["/outputs/a.png", "/outputs/b.png"]
+
+
+def test_an_output_url_on_another_port_of_the_upstreams_host_is_refused_unfetched() -> None:
+    with (
+        image_server() as (elsewhere, fetched),
+        upstream_answering("{origin}/outputs/a.png", f"{elsewhere}/outputs/b.png") as (url, _),
+    ):
+        assert httpx.URL(elsewhere).host == httpx.URL(url).host
+        segmind = SegmindClient(url, "k")
+        with pytest.raises(SegmindRejected) as refused:
+            segmind.relight(RelightParams(prompt="p"), UPLOAD)
+        segmind.close()
+    message = str(refused.value)
+    assert f"{elsewhere} is not the upstream's origin {url}" in message, message
+    assert fetched == []
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        "http://localhost:{port}/outputs/a.png",  # the same address by another name
+        "https://127.0.0.1:{port}/outputs/a.png",  # the same host and port, another scheme
+        "http://[::1]:9/internal-admin.png",
+    ],
+)
+def test_an_output_url_off_the_upstreams_origin_is_refused(other: str) -> None:
+    with upstream_answering("{origin}/outputs/x.png") as (url, asked):
+        answer = other.format(port=httpx.URL(url).port)
+        with upstream_answering(answer) as (liar, _):
+            segmind = SegmindClient(liar, "k")
+            with pytest.raises(SegmindRejected, match="is not the upstream's origin"):
+                segmind.relight(RelightParams(prompt="p"), UPLOAD)
+            segmind.close()
+    assert asked == []
+
+
+def test_an_output_redirected_off_the_upstreams_origin_is_refused_at_the_hop() -> None:
+    with (
+        image_server() as (elsewhere, fetched),
+        upstream_answering("{origin}/outputs/a.png", redirect_to=elsewhere) as (url, asked),
+    ):
+        segmind = SegmindClient(url, "k")
+        with pytest.raises(SegmindRejected, match=f"{elsewhere} is not the upstream's origin"):
+            segmind.relight(RelightParams(prompt="p"), UPLOAD)
+        segmind.close()
+    assert asked == ["/outputs/a.png"] and fetched == []
