@@ -41,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from relightq.db import session_scope, utcnow
+from relightq.metrics import LEASES_RECOVERED
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,7 @@ class LeaseKeeper:
                     )
                 if dead:
                     table.publish(session, [row_id for row_id, _ in dead])
+                    LEASES_RECOVERED.labels(table.name, "dead_holder").inc(len(dead))
                     count += len(dead)
         if count:
             log.warning("took over %d rows held by a dead worker on this host", count)
@@ -319,6 +321,7 @@ class LeaseKeeper:
                 )
                 if ids:
                     table.publish(session, ids)
+                    LEASES_RECOVERED.labels(table.name, "handed_back").inc(len(ids))
         for lease in leases:
             lease.taken = True
         log.warning("handed back %d held rows on a forced shutdown", len(leases))
@@ -340,6 +343,7 @@ def republish_expired(session: Session, tables: list[LeasedTable]) -> int:
         )
         if ids:
             table.publish(session, ids)
+            LEASES_RECOVERED.labels(table.name, "expired").inc(len(ids))
             count += len(ids)
     if count:
         log.warning("re-published %d rows whose lease ran out (their worker died)", count)

@@ -35,6 +35,13 @@ WEBHOOK_DELIVERIES = Counter(
     ["result"],
 )
 
+LEASES_RECOVERED = Counter(
+    "relightq_leases_recovered_total",
+    "Jobs and webhook deliveries this process sent back to the queue from a worker that "
+    "died (lease expired), died on this host (dead_holder) or stopped (handed_back)",
+    ["table", "how"],
+)
+
 
 def observe_upstream(seconds: float, status: int | None, error_code: str | None) -> None:
     """Count one upstream call."""

@@ -43,6 +43,13 @@ def dead_holder() -> Holder:
     return replace(Holder.this_process(), pid=child.pid, started=started or "1")
 
 
+def recovered(table: str, how: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"table": table, "how": how}
+    return REGISTRY.get_sample_value("relightq_leases_recovered_total", labels) or 0.0
+
+
 def lease_of(job_id: uuid.UUID | str) -> tuple[datetime | None, str | None, datetime]:
     with session_scope() as session:
         job = session.get_one(Job, uuid.UUID(str(job_id)))
@@ -172,7 +179,9 @@ def test_a_dead_predecessors_job_is_taken_back_at_once_not_after_its_lease(
         lease_token=uuid.uuid4(),
         lease_holder=str(Holder.this_process()),
     )
+    counted = recovered("jobs", "dead_holder")
     assert keeper().reclaim_from_dead_predecessors() == 1
+    assert recovered("jobs", "dead_holder") == counted + 1  # operators see it in /metrics
     job = wait_for(api, dead, "succeeded", "failed", timeout=10)
     assert job["status"] == "succeeded" and job["attempts"] == 2
     # A live holder's job is left alone.
