@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException
 from api.batches import ManifestFormat, manifest_response
 from api.deps import CurrentStorage, DbSession
 from relightq.batches import service as batches
+from relightq.batches.schemas import BatchOut, BatchStatus
 from relightq.errors import NotFound
 from relightq.jobs import service as jobs
 from relightq.jobs.models import Job, JobStatus
@@ -56,7 +58,38 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
+def _utc(moment: datetime | None) -> str:
+    # Every time on the dashboard: date, time and zone, whatever zone the value came in.
+    if moment is None:
+        return "—"
+    if moment.tzinfo is None:  # stored as UTC
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def batch_state(view: BatchOut) -> tuple[str, str]:
+    """What the dashboard calls a batch, and its CSS status class.
+
+    The API's ``completed`` means only that every item is final: shown as such, a batch
+    whose items all failed looked like a success. So a completed batch is "failed" when
+    items failed and none succeeded, "partly failed" when some of each, "cancelled" when
+    its items were all cancelled; the live refresh takes the same words from here.
+    """
+    counts = view.counts
+    if view.status != BatchStatus.COMPLETED:
+        label = view.status.value
+    elif counts.failed:
+        label = "partly failed" if counts.succeeded else "failed"
+    elif counts.cancelled and not counts.succeeded:
+        label = "cancelled"
+    else:
+        label = "completed"
+    return label, label.replace(" ", "-")
+
+
 templates.env.filters["duration"] = _duration
+templates.env.filters["utc"] = _utc
+templates.env.filters["batch_state"] = batch_state
 
 
 def logged_in(request: Request, db: DbSession) -> LoggedIn:
@@ -170,9 +203,12 @@ def progress(user: User, db: DbSession, ids: str = "", known: int | None = None)
         except (ValueError, NotFound):
             continue
         view = batches.batch_view(db, batch)
+        state, state_class = batch_state(view)
         answer[raw] = {
             "progress": view.progress,
             "status": view.status.value,
+            "state": state,
+            "state_class": state_class,
             "succeeded": view.counts.succeeded,
             "failed": view.counts.failed,
             "waiting": view.counts.waiting,

@@ -115,7 +115,7 @@ class OutputOut(BaseModel):
 class AttemptOut(BaseModel):
     """One upstream call; ``counted`` is false for calls that used no attempt (401, 406, 429)."""
 
-    number: int
+    number: int = Field(description="the call's place in the job's log, from 1, oldest first")
     counted: bool
     outcome: str
     http_status: int | None

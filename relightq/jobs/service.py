@@ -188,6 +188,19 @@ def list_jobs(
     return page(list(session.scalars(query)), limit)
 
 
+def attempt_log(job: Job) -> list[AttemptOut]:
+    """Every upstream call made for ``job``, numbered by its place in the log.
+
+    Not by the stored ``number``: that is the job's attempt counter when the call was
+    made, which a retry resets and an uncounted call (401, 406, 429) does not advance,
+    so two calls can share it.
+    """
+    return [
+        AttemptOut.model_validate(row, from_attributes=True).model_copy(update={"number": n})
+        for n, row in enumerate(job.attempt_log, start=1)
+    ]
+
+
 def job_view(job: Job, storage: Storage) -> JobOut:
     """A job as the API shows it, with fresh presigned output URLs."""
     error = (
@@ -199,7 +212,7 @@ def job_view(job: Job, storage: Storage) -> JobOut:
         params=job.params,
         subject_image=job.subject_image,
         attempts=job.attempts,
-        attempt_log=[AttemptOut.model_validate(a, from_attributes=True) for a in job.attempt_log],
+        attempt_log=attempt_log(job),
         error=error,
         waiting_reason=job.waiting_reason,
         outputs=[

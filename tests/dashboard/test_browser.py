@@ -151,6 +151,29 @@ def test_batches_show_live_progress_and_counts(
     wait_until(notice.is_displayed)
 
 
+def test_a_batch_whose_items_all_fail_turns_failed_and_red_without_a_reload(
+    browser: WebDriver,
+    services: Services,
+    tenant: TenantKey,
+    api: httpx.Client,
+    simulator: httpx.Client,
+) -> None:
+    config = {"latency": 0.5, "fail_500_rate": 1.0}
+    simulator.post("/admin/config", json=config).raise_for_status()
+    batch_id = catalog_batch(api, 4)
+    log_in(browser, services, tenant.key)  # the list, loaded while the batch still runs
+
+    status = browser.find_element(
+        By.CSS_SELECTOR, f'[data-batch="{batch_id}"] [data-field="status"]'
+    )
+    assert status.text in ("queued", "running")
+    wait_batch(api, batch_id, "completed", timeout=60)
+    # The live refresh, not only the server-rendered page, calls it failed, in red.
+    wait_until(lambda: status.text == "failed", timeout=10)
+    assert status.value_of_css_property("color") == "rgba(179, 38, 30, 1)"  # --bad
+    screenshot(browser, "batches-failed")
+
+
 def test_a_batch_page_offers_retry_as_soon_as_an_item_fails(
     browser: WebDriver,
     services: Services,

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from relightq.throttle.service import get_fleet
+from tests.batches.helpers import wait_batch
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import shop_image, wait_for
 
@@ -156,3 +157,80 @@ def test_the_fleet_page_says_when_segmind_last_reported_the_credits(
         page = client.get("/dashboard/throttle").text
     # During a pause the balance may be a probe interval old: the page says how old.
     assert re.search(r"42\.500 <span[^>]*>as Segmind last reported it, \d{4}-\d\d-\d\d ", page)
+
+
+def batch_of(api: httpx.Client, good: int, bad: int) -> str:
+    """A batch of ``good`` photos that relight and ``bad`` whose subject is missing (the
+    upstream cannot fetch it: a permanent failure), run to its end."""
+    _, photo = shop_image("dashboard/state.png")
+    missing = photo.replace("dashboard/state.png", f"dashboard/missing-{uuid.uuid4().hex}.png")
+    items = [{"subject_image": photo}] * good + [{"subject_image": missing}] * bad
+    answer = api.post("/v1/batches", json={"defaults": {"prompt": "x"}, "items": items})
+    assert answer.status_code == 202, answer.text
+    batch_id = str(answer.json()["id"])
+    done = wait_batch(api, batch_id, "completed")
+    assert (done["counts"]["succeeded"], done["counts"]["failed"]) == (good, bad)
+    return batch_id
+
+
+def shown_state(page: str, batch_id: str) -> tuple[str, str]:
+    """(CSS class, text) of a batch's status on the batches list."""
+    row = re.search(rf'<tr data-batch="{batch_id}">(.*?)</tr>', page, re.S)
+    assert row, page
+    status = re.search(r'class="status status-([\w-]+)" data-field="status">([^<]*)<', row[1])
+    assert status, row[1]
+    return status[1], status[2]
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_a_batch_whose_items_all_failed_is_failed_and_a_partly_failed_one_says_so(
+    services: Services, tenant: TenantKey, api: httpx.Client, simulator: httpx.Client
+) -> None:
+    failed, mixed, fine = batch_of(api, 0, 4), batch_of(api, 2, 2), batch_of(api, 1, 0)
+    with logged_in(services, tenant.key) as client:
+        listed = client.get("/dashboard/batches").text
+        page = client.get(f"/dashboard/batches/{failed}").text
+        live = client.get("/dashboard/progress.json", params={"ids": f"{failed},{mixed}"}).json()
+
+    assert shown_state(listed, failed) == ("failed", "failed")
+    assert shown_state(listed, mixed) == ("partly-failed", "partly failed")
+    assert shown_state(listed, fine) == ("completed", "completed")
+    assert 'class="status status-failed" data-field="status">failed<' in page
+    # The live refresh, which rewrites the status every 2 s, says the same.
+    assert (live[failed]["state"], live[failed]["state_class"]) == ("failed", "failed")
+    assert (live[mixed]["state"], live[mixed]["state_class"]) == ("partly failed", "partly-failed")
+    assert live[failed]["status"] == "completed"  # the API's word is unchanged
+    css = re.search(r"\.status-failed[^{]*\{([^}]*)\}", listed)
+    mixed_css = re.search(r"\.status-partly-failed \{([^}]*)\}", listed)
+    assert css and "var(--bad)" in css[1]
+    assert mixed_css and "var(--bad)" not in mixed_css[1] and "var(--ok)" not in mixed_css[1]
+
+
+UTC_TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_attempts_are_numbered_in_log_order_across_a_retry_with_full_utc_times(
+    services: Services, tenant: TenantKey, api: httpx.Client, simulator: httpx.Client
+) -> None:
+    simulator.post("/admin/config", json={"fail_500_rate": 1.0}).raise_for_status()
+    _, url = shop_image("dashboard/retried.png")
+    job_id = api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
+    first = wait_for(api, job_id, "failed")
+    simulator.post("/admin/config", json={"fail_500_rate": 0.0}).raise_for_status()
+    assert api.post(f"/v1/jobs/{job_id}/retry").status_code == 200
+    job = wait_for(api, job_id, "succeeded", "failed")
+    with logged_in(services, tenant.key) as client:
+        page = client.get(f"/dashboard/jobs/{job_id}").text
+        listed = client.get("/dashboard/jobs").text
+
+    calls = len(first["attempt_log"]) + 1  # the retry's one call, which succeeded
+    assert job["status"] == "succeeded" and len(job["attempt_log"]) == calls
+    # The retry reset the job's attempt counter; the log's numbers do not start over.
+    assert [a["number"] for a in job["attempt_log"]] == list(range(1, calls + 1))
+    table = re.search(r'<table id="attempts">.*?<tbody>(.*?)</tbody>', page, re.S)
+    assert table
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]*)</td>", table[1])
+    assert [int(number) for number, _ in rows] == list(range(1, calls + 1))
+    assert all(re.fullmatch(UTC_TIME, started) for _, started in rows), rows
+    assert re.search(rf"<td>{UTC_TIME}</td></tr>", listed)
