@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
@@ -475,9 +475,12 @@ def output_uri(claim_: Claim, index: int, content_type: str, bucket: str) -> str
 
 
 def _attempt_row(claim_: Claim, call: CallRecord, *, outcome: str, counted: bool) -> JobAttempt:
+    # Numbered by its place in the log: the attempt counter repeats (a retry resets it,
+    # a 406 or 429 refunds it). Only the lease holder writes a job's attempts.
+    earlier = select(func.count()).select_from(JobAttempt).where(JobAttempt.job_id == claim_.job_id)
     return JobAttempt(
         job_id=claim_.job_id,
-        number=claim_.attempts,
+        number=earlier.scalar_subquery() + 1,
         counted=counted,
         outcome=outcome,
         http_status=call.http_status,
