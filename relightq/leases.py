@@ -213,17 +213,21 @@ class LeaseKeeper:
             self.tick()
 
     def tick(self) -> None:
-        """One renewal, then one look for expired leases; errors wait for the next tick."""
+        """One renewal, then one look for expired leases; errors wait for the next tick
+        (the thread must outlive any outage, or every lease it holds would run out)."""
         try:
             self.renew()
         except SQLAlchemyError as exc:
             # PostgreSQL unreachable: the leases run down; past their end they count as lost.
             log.warning("could not renew %d leases: %s", len(self.held()), type(exc).__name__)
-        if self.may_republish is None or self.may_republish(self.interval):
-            try:
+        except Exception:
+            log.exception("could not renew leases; the next tick retries")
+        try:
+            # Redis (which picks the worker whose turn it is) may be down too.
+            if self.may_republish is None or self.may_republish(self.interval):
                 self.republish_expired()
-            except Exception:
-                log.exception("could not re-publish expired leases; the next tick retries")
+        except Exception as exc:
+            log.warning("could not re-publish expired leases: %s", type(exc).__name__)
 
     def renew(self) -> int:
         """Push every held lease's end out by a full lease; returns how many are still ours."""

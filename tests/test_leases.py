@@ -232,3 +232,13 @@ def test_a_delivery_held_by_a_dead_worker_is_resent_with_the_same_webhook_id(
     _, again = hooks.wait_for(2)
     assert again.headers["webhook-id"] == first.headers["webhook-id"]
     assert wait_delivery(api, delivery["id"], "delivered")["attempts"] == 2
+
+
+def test_the_keeper_outlives_an_outage_of_the_fleets_redis() -> None:
+    import redis
+
+    def redis_down(_: float) -> bool:
+        raise redis.ConnectionError("Redis is restarting")
+
+    keeper_ = LeaseKeeper(LEASE, list(LEASED_TABLES), may_republish=redis_down)
+    keeper_.tick()  # logged, not raised: the renewals go on at the next tick
