@@ -1,5 +1,5 @@
 # One image for every relightq service; the command picks the role (api, worker, beat, ...).
-FROM python:3.11-slim
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -150,7 +150,7 @@ def demo(
 
 @app.command("create-bucket")
 def create_bucket() -> None:
-    """Create RELIGHTQ_S3_BUCKET if it does not exist (for MinIO or a local S3 server)."""
+    """Create RELIGHTQ_S3_BUCKET if it does not exist (idempotent; any S3-compatible store)."""
     from relightq.settings import get_settings
     from relightq.storage import S3Storage
 

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     s3_bucket: str = "relightq"
     s3_endpoint_url: str | None = None
     # Presigned URLs are handed to users, so they may need a different host than the
-    # one workers use inside a private network (e.g. http://minio:9000 vs localhost).
+    # one workers use inside a private network (e.g. http://s3:8333 vs localhost).
     s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None

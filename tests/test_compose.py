@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from functools import cache
@@ -18,8 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 
 # Services that run once and exit; everything else must stay up.
-ONE_SHOT = {"migrate", "minio-init"}
-APP_SERVICES = {"migrate", "api", "worker", "beat", "simulator"}
+ONE_SHOT = {"migrate", "create-bucket"}
+APP_SERVICES = {"migrate", "create-bucket", "api", "worker", "beat", "simulator"}
+DOCKERFILE = ROOT / "Dockerfile"
 WAITS_FOR_EVERYTHING = {"api", "worker", "beat"}
 
 
@@ -86,7 +88,7 @@ def test_file_uses_the_compose_specification() -> None:
 
 
 def test_expected_services_exist() -> None:
-    expected = {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker", "beat"}
+    expected = {"postgres", "redis", "s3", "create-bucket", "migrate", "api", "worker", "beat"}
     assert expected | {"simulator"} <= set(services())
 
 
@@ -112,7 +114,8 @@ def test_app_services_wait_for_healthy_stores_and_migrations(service: str) -> No
     assert waits.get("postgres") == "service_healthy"
     assert waits.get("redis") == "service_healthy"
     assert waits.get("migrate") == "service_completed_successfully"
-    assert waits.get("minio-init") == "service_completed_successfully"
+    assert waits.get("s3") == "service_healthy"
+    assert waits.get("create-bucket") == "service_completed_successfully"
 
 
 def test_migrate_waits_for_healthy_postgres() -> None:
@@ -157,10 +160,63 @@ def test_service_healthy_targets_define_a_healthcheck() -> None:
                 assert "healthcheck" in services()[dep], f"{name} waits on {dep}: no healthcheck"
 
 
-def test_app_services_share_one_image_built_once() -> None:
+def test_app_services_share_one_image_built_once_tagged_with_the_package_version() -> None:
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     app = {name: services()[name] for name in APP_SERVICES}
-    assert {svc["image"] for svc in app.values()} == {"relightq:latest"}
+    assert {svc["image"] for svc in app.values()} == {f"relightq:{version}"}
     assert any("build" in svc for svc in app.values())
+
+
+# A tag that names one release (maybe with a variant such as -alpine) and maybe a digest.
+TAG = re.compile(
+    r"^(?P<name>[\w./-]+):(?P<version>\d+(?:\.\d+)*)(?:-[\w.-]+)?(@sha256:[0-9a-f]{64})?$"
+)
+# Projects whose releases have two numbers (PostgreSQL 16.10, SeaweedFS 4.48); for the
+# rest two numbers name a series that floats (python:3.11 moves with every 3.11.x).
+TWO_PART_RELEASES = {"postgres", "chrislusf/seaweedfs"}
+
+
+def image_is_pinned(image: str) -> bool:
+    """True for an image with a release tag (and maybe a digest), never `latest` or none."""
+    match = TAG.match(image)
+    if match is None:
+        return False
+    parts = match["version"].count(".") + 1
+    return parts >= (2 if match["name"] in TWO_PART_RELEASES else 3)
+
+
+@pytest.mark.parametrize(
+    ("image", "pinned"),
+    [
+        ("postgres:16.10", True),
+        ("redis:7.4.11-alpine", True),
+        ("chrislusf/seaweedfs:4.48@sha256:" + "a" * 64, True),
+        ("postgres", False),
+        ("postgres:16", False),  # a major version floats across releases
+        ("redis:latest", False),
+        ("minio/minio", False),
+        ("python:3.11-slim", False),
+        ("python:3.11.13-slim-bookworm", True),
+        ("relightq:0.1.0", True),
+    ],
+)
+def test_the_pin_rule_tells_floating_images_from_pinned_ones(image: str, pinned: bool) -> None:
+    assert image_is_pinned(image) is pinned
+
+
+def test_every_image_is_pinned_to_a_release_in_one_place() -> None:
+    images = compose()["x-images"]
+    assert all(image_is_pinned(image) for image in images.values()), images
+    # Every service runs one of them, so upgrading is an edit of that block alone.
+    for name, svc in services().items():
+        assert svc["image"] in images.values(), name
+
+
+def test_the_dockerfile_builds_on_a_pinned_base_image() -> None:
+    bases = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.MULTILINE)
+    assert bases and all(image_is_pinned(base) for base in bases), bases
 
 
 def test_workers_can_scale_and_beat_is_single() -> None:

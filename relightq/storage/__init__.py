@@ -101,7 +101,7 @@ def _storage_errors(where: str, *, unreachable: bool = False) -> Iterator[None]:
 
 
 class S3Storage:
-    """An S3 (or MinIO, or moto) bucket reached through boto3."""
+    """An S3 bucket (AWS, SeaweedFS, moto, any S3-compatible store) reached through boto3."""
 
     def __init__(self, settings: Settings) -> None:
         self.bucket = settings.s3_bucket
@@ -120,7 +120,7 @@ class S3Storage:
             region_name=settings.s3_region,
             aws_access_key_id=settings.s3_access_key_id,
             aws_secret_access_key=secret.get_secret_value() if secret else None,
-            # Path-style works with MinIO and moto without wildcard DNS.
+            # Path-style works with SeaweedFS and moto without wildcard DNS.
             config=Config(
                 s3={"addressing_style": "path"},
                 signature_version="s3v4",
@@ -130,11 +130,15 @@ class S3Storage:
         )
 
     def ensure_bucket(self) -> None:
-        """Create relightq's bucket unless it already exists."""
+        """Create relightq's bucket unless it already exists; safe to run any number of
+        times, also several at once (a one-shot service, a restarted deployment)."""
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError:
-            self._client.create_bucket(Bucket=self.bucket)
+            try:
+                self._client.create_bucket(Bucket=self.bucket)
+            except self._client.exceptions.BucketAlreadyOwnedByYou:
+                pass  # created meanwhile by another run: what was asked for
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         """Write ``data`` at ``key`` in relightq's bucket."""
