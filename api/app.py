@@ -5,10 +5,12 @@ from __future__ import annotations
 import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from api import batches, compat, dashboard, jobs, schedules, throttle, triggers, webhooks
+from api.docs import DOCS_ASSETS, DocsPolicy
 from api.errors import install_error_handlers
 from api.limits import BodySizeLimit
 from api.nul import RefuseUnstorableText
@@ -23,7 +25,10 @@ def create_app() -> FastAPI:
     """Build the API with its routes, limits and error handlers."""
     settings = get_settings()
     settings.warn_if_simulated()
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the installed package (api/docs.py),
+    # not from a CDN: they work on a host with no way out to the internet.
+    app = FastAPIOffline(
+        static_url=DOCS_ASSETS,
         title="relightq",
         version="0.1.0",
         description="Asynchronous job queue relighting product images with Segmind IC-Light.",
@@ -36,6 +41,7 @@ def create_app() -> FastAPI:
         # Catalog files may be far bigger than any other request; they are spooled to disk.
         upload_paths={"/v1/batches": settings.max_batch_upload_bytes},
     )
+    app.add_middleware(DocsPolicy)
     app.add_middleware(RequestLog)  # outermost: it times and logs what the others answer
     install_error_handlers(app)
     app.include_router(jobs.router)

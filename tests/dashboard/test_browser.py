@@ -5,17 +5,13 @@ Screenshots of the main pages are kept in test-artifacts/ for people to look at.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
@@ -24,28 +20,16 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.batches.helpers import wait_batch
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import shop_image, wait_for
+from tests.support.browser import ARTIFACTS, start_chrome
 from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 @pytest.fixture(scope="session")
 def chrome() -> Iterator[WebDriver]:
     """One headless Chromium for the session (Debian's chromium + chromium-driver)."""
-    binary = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver")
-    if not binary or not driver_path:
-        pytest.fail("chromium and chromium-driver are required (.ci/run installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    options.add_argument("--window-size=1280,1600")
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
-    driver.set_page_load_timeout(30)
-    ARTIFACTS.mkdir(exist_ok=True)
+    driver = start_chrome()
     yield driver
     driver.quit()
 
