@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -135,10 +135,9 @@ class S3Storage:
         try:
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError:
-            try:
+            # Created meanwhile by another run: what was asked for.
+            with suppress(self._client.exceptions.BucketAlreadyOwnedByYou):
                 self._client.create_bucket(Bucket=self.bucket)
-            except self._client.exceptions.BucketAlreadyOwnedByYou:
-                pass  # created meanwhile by another run: what was asked for
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         """Write ``data`` at ``key`` in relightq's bucket."""
