@@ -9,14 +9,8 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +23,7 @@ from relightq.cli import app
 from tests.batches.helpers import catalog, csv_file, wait_batch
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import SHOP_BUCKET, shop_image
+from tests.support.faulty_proxy import DROP, Fault, api_error, faulty_proxy, url_of
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -347,114 +342,6 @@ def test_budget_caps_a_batch_and_raising_it_lets_the_batch_finish(
 
 
 # Watching through an outage -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One scripted answer of the proxy; status 0 closes the connection unanswered, as an
-    API process that dies mid-request does."""
-
-    status: int
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-DROP = Fault(0)
-BATCH_GET = re.compile(r"/v1/batches/[0-9a-f-]{36}")
-# Not relayed: the proxy's own framing and identity replace them.
-HOP_HEADERS = {"connection", "content-length", "transfer-encoding", "content-encoding"}
-
-
-def api_error(status: int, code: str, retry_after: str | None) -> Fault:
-    """An error exactly as the API answers it (api/errors.py)."""
-    body = {"error": {"code": code, "message": f"{code}; retry shortly", "fields": []}}
-    headers = {"Content-Type": "application/json"}
-    return Fault(status, json.dumps(body).encode(), headers | {"Retry-After": retry_after or ""})
-
-
-class FaultyProxy(ThreadingHTTPServer):
-    """A real HTTP server in front of the real API: the first GETs of a batch meet the
-    scripted faults, in order; everything else is forwarded."""
-
-    daemon_threads = True
-
-    def __init__(self, upstream: str, faults: list[Fault]) -> None:
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.upstream = upstream
-        self.faults = deque(faults)
-        self.lock = threading.Lock()
-        self.log: list[tuple[float, str]] = []  # (monotonic time, what was answered)
-
-    def next_fault(self, method: str, path: str) -> Fault | None:
-        with self.lock:
-            if method == "GET" and BATCH_GET.fullmatch(path) and self.faults:
-                fault = self.faults.popleft()
-                self.log.append((time.monotonic(), str(fault.status or "drop")))
-                return fault
-            self.log.append((time.monotonic(), f"{method} forwarded"))
-            return None
-
-    def gap_after(self, answer: str) -> float:
-        """Seconds from the answer ``answer`` to the request that followed it."""
-        [at] = [n for n, (_, what) in enumerate(self.log) if what == answer]
-        return self.log[at + 1][0] - self.log[at][0]
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    server: FaultyProxy
-
-    def do_GET(self) -> None:
-        self._answer()
-
-    def do_POST(self) -> None:
-        self._answer()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the test's output stays the CLI's
-
-    def _answer(self) -> None:
-        fault = self.server.next_fault(self.command, self.path)
-        if fault is DROP:
-            self.close_connection = True
-            return
-        if fault is None:
-            length = int(self.headers.get("Content-Length") or 0)
-            sent = {
-                k: v for k, v in self.headers.items() if k.lower() not in {"host", *HOP_HEADERS}
-            }
-            upstream = httpx.request(
-                self.command,
-                self.server.upstream + self.path,
-                headers=sent,
-                content=self.rfile.read(length),
-                timeout=60,
-            )
-            fault = Fault(upstream.status_code, upstream.content, dict(upstream.headers))
-        self.send_response(fault.status)
-        for name, value in fault.headers.items():
-            if value and name.lower() not in {"date", "server", *HOP_HEADERS}:
-                self.send_header(name, value)
-        self.send_header("Content-Length", str(len(fault.body)))
-        self.end_headers()
-        self.wfile.write(fault.body)
-
-
-@contextmanager
-def faulty_proxy(upstream: str, faults: list[Fault]) -> Iterator[FaultyProxy]:
-    proxy = FaultyProxy(upstream, faults)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join(timeout=5)
-
-
-def url_of(proxy: FaultyProxy) -> str:
-    host, port = proxy.server_address[:2]
-    return f"http://{host!s}:{port}"
 
 
 def test_submit_watch_waits_out_a_dropped_connection_a_503_and_a_429(
