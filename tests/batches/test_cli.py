@@ -18,8 +18,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from relightq.batches.cli import GAVE_UP
 from relightq.cli import app
+from relightq.cli.batches import GAVE_UP
 from tests.batches.helpers import catalog, csv_file, wait_batch
 from tests.conftest import Services, TenantKey
 from tests.jobs.test_end_to_end import SHOP_BUCKET, shop_image

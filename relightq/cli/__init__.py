@@ -1,4 +1,9 @@
-"""The `relightq` command line (SPEC §3)."""
+"""The `relightq` command line (SPEC §3).
+
+The operator's commands (api, worker, beat, migrate, keys, buckets, throttle, ...) are
+here and import the server's modules only when run; `relightq batch` and `relightq
+schedule` (batches.py, schedules.py) are clients of the API, built on relightq.client.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from relightq.batches.cli import batch_app
-from relightq.schedules.cli import schedule_app
+from relightq.cli.batches import batch_app
+from relightq.cli.schedules import schedule_app
 
 app = typer.Typer(help="relightq: relight product images with Segmind IC-Light, queued.")
 keys_app = typer.Typer(help="Manage client API keys.")
