@@ -1,4 +1,8 @@
-"""All configuration, read from RELIGHTQ_* environment variables and a .env file (SPEC §3)."""
+"""All configuration, read from RELIGHTQ_* environment variables and a .env file.
+
+Every field's comment is its description in docs/reference/configuration.md, which
+`python -m scripts.gen_reference` writes from this file.
+"""
 
 from __future__ import annotations
 
@@ -20,37 +24,52 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="RELIGHTQ_", env_file=".env", extra="ignore")
 
+    # PostgreSQL, the source of truth for every job, batch, key and schedule.
     database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/relightq"
+    # Redis as Celery's broker; it carries only wake-ups (PostgreSQL holds the jobs).
     broker_url: str = "redis://127.0.0.1:6379/0"
 
+    # The bucket for uploads (inputs/) and outputs (outputs/).
     s3_bucket: str = "relightq"
+    # An S3-compatible store (SeaweedFS, MinIO, ...); unset: AWS S3.
     s3_endpoint_url: str | None = None
     # Presigned URLs are handed to users, so they may need a different host than the
-    # one workers use inside a private network (e.g. http://s3:8333 vs localhost).
+    # one workers use inside a private network (e.g. http://s3:8333 vs localhost);
+    # unset: RELIGHTQ_S3_ENDPOINT_URL.
     s3_public_endpoint_url: str | None = None
+    # The S3 region used to sign requests.
     s3_region: str = "us-east-1"
+    # S3 access key id; unset: boto3's credential chain (environment, profile, role).
     s3_access_key_id: str | None = None
+    # S3 secret access key; unset: boto3's credential chain.
     s3_secret_access_key: SecretStr | None = None
-    # Demo mode keeps results in a folder instead of a bucket (SPEC §4).
+    # A folder standing in for the bucket instead of S3 (the demo keeps results there).
     local_storage_dir: str | None = None
+    # Lifetime of the presigned output URLs handed to users.
     presign_expires_seconds: int = 3600
     # Other buckets are read and written with relightq's credentials, so one tenant could
     # name another's: each tenant may use only the buckets an operator granted it
     # (`relightq buckets grant`). False: any bucket, for single-tenant deployments.
     require_bucket_grants: bool = True
 
+    # The Segmind API key, sent only upstream; unset: relightq says loudly that it uses
+    # the local simulator instead.
     segmind_api_key: SecretStr | None = None
+    # The upstream's base URL.
     segmind_base_url: str = SEGMIND_PUBLIC_URL
     # Where the simulator listens when no Segmind key is configured.
     simulator_url: str = "http://127.0.0.1:8090"
-    # Segmind bills per call in dollars-as-credits; used to estimate credits_used per job.
+    # Segmind bills per call in dollars-as-credits; the price used for a job's credits_used.
     segmind_credits_per_image: float = 0.037
 
+    # Read timeout of one upstream call.
     segmind_timeout_seconds: float = 120.0
-    # Ordered so the broker never redelivers a message whose task still runs: slot wait +
-    # upstream timeout < task time limit < visibility timeout. Recovery does not wait for
-    # the visibility timeout: a dead worker's jobs come back through their leases.
+    # Celery's time limit per task (the threads pool does not enforce it; the upstream
+    # timeout bounds each call). Ordered so the broker never redelivers a message whose
+    # task still runs: slot wait + upstream timeout < task time limit < visibility timeout.
     task_time_limit_seconds: int = 240
+    # Redis redelivers an unacknowledged message after this. Recovery does not wait for
+    # it: a dead worker's jobs come back through their leases.
     broker_visibility_timeout_seconds: int = 600
     # A running job (or a webhook being sent) belongs to its worker for this long after
     # the last renewal; the worker renews it every sixth of it while it lives, so a 30 s
@@ -64,27 +83,37 @@ class Settings(BaseSettings):
     # (compose stop_grace_period, Kubernetes terminationGracePeriodSeconds).
     worker_shutdown_grace_seconds: float = Field(default=150.0, gt=0)
 
+    # Upstream attempts a job gets for transient errors (5xx, timeouts, connection errors).
     max_attempts: int = 5
+    # First delay of the exponential backoff (with full jitter) between attempts.
     retry_base_delay_seconds: float = 2.0
+    # Longest delay of that backoff.
     retry_max_delay_seconds: float = 300.0
 
-    # Zero or less would refuse every request (or upload) with a 413: refused at start.
+    # Largest request body; larger ones get 413. Zero or less would refuse every request
+    # with a 413, so it is refused at start.
     max_request_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    # Largest uploaded subject image; larger ones get 413 (zero or less: refused at start).
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
 
+    # Threads per worker process (Celery's threads pool: jobs wait on Segmind).
     worker_concurrency: int = 16
-    # Where a worker serves its own counters (upstream latency and calls, deliveries).
+    # Where a worker serves its own counters (upstream latency and calls, deliveries,
+    # recovered leases); unset: not served.
     worker_metrics_port: int | None = None
     # "text" for people, "json" for log pipelines; both carry job, batch and tenant ids.
     log_format: str = Field(default="text", pattern="^(text|json)$")
+    # The lowest level logged (DEBUG, INFO, WARNING, ...).
     log_level: str = "INFO"
 
-    # Batches (SPEC §3). A batch hands the broker at most this many of its items at a
-    # time, so a 100k-item batch never buries single jobs or later batches; None means
-    # twice RELIGHTQ_MAX_CONCURRENT_CALLS, enough to keep every upstream slot busy.
+    # A batch hands the broker at most this many of its items at a time, so a 100k-item
+    # batch never buries single jobs or later batches; unset means twice
+    # RELIGHTQ_MAX_CONCURRENT_CALLS, enough to keep every upstream slot busy.
     batch_window: int | None = Field(default=None, ge=1)
+    # More items in one batch get 413 too_many_items.
     max_batch_items: int = Field(default=200_000, ge=1)
-    # CSV/JSONL uploads are streamed to a temporary file, never held whole in memory.
+    # Cap on a CSV/JSONL upload to POST /v1/batches (413). Uploads are streamed to a
+    # temporary file, never held whole in memory.
     max_batch_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     # How many bad rows a rejected batch lists (the count is always exact).
     max_reported_row_errors: int = Field(default=1000, ge=1)
@@ -104,29 +133,39 @@ class Settings(BaseSettings):
     # Idempotency-Key answers are replayed for at least this long (Stripe keeps 24 h).
     idempotency_ttl_hours: float = Field(default=24.0, ge=24.0)
 
-    # Outbound webhooks: the delays before each retry, then the delivery fails. The
-    # default spreads 10 tries over ~3.3 days, like Svix's schedule for Standard Webhooks.
+    # Outbound webhooks: the delays before each retry (a JSON list), then the delivery
+    # fails. The default spreads 10 tries over ~3.3 days, like Svix's schedule for
+    # Standard Webhooks.
     webhook_retry_schedule_seconds: list[float] = Field(
         default=[5, 300, 1800, 7200, 18000, 36000, 36000, 86400, 86400], min_length=1
     )
     # Each delay is drawn from [d * (1 - j), d * (1 + j)] so endpoints are not stampeded.
     webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    # Timeout of one webhook delivery try.
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     # Hosts or CIDRs that callbacks may reach although private, loopback or link-local
     # (comma-separated, e.g. "10.0.0.0/8,hooks.internal"); empty: public addresses only.
     outbound_allow: str = ""
 
-    # Fleet-wide limits (SPEC guarantee 4); Segmind plans allow 5 (free) or 50 (pro) a minute.
-    redis_url: str | None = None  # fleet state; defaults to the broker when that is Redis
+    # Where the fleet's shared state lives (docs/reference/guarantees.md, guarantee 4);
+    # unset: the broker, when that is Redis.
+    redis_url: str | None = None
+    # Fleet-wide cap on Segmind calls in flight, across every worker on every host.
     max_concurrent_calls: int = Field(default=5, ge=1)
+    # Fleet-wide cap on Segmind calls started per minute; Segmind plans allow 5 (free)
+    # or 50 (pro).
     max_calls_per_minute: int = Field(default=5, ge=1)
-    # Pause before the balance reaches zero (SPEC guarantee 3).
+    # Pause the fleet when the balance falls below this, before it reaches zero
+    # (docs/reference/guarantees.md, guarantee 3).
     credit_reserve: float = Field(default=0.0, ge=0)
+    # While paused, the free credits probe first runs after this long ...
     probe_interval_seconds: float = 30.0
+    # ... and its interval doubles up to this.
     probe_max_interval_seconds: float = 600.0
     # How long a claimed job waits for a free upstream slot before going back to the queue.
     slot_wait_seconds: float = 60.0
-    # The sweeper also re-publishes expired leases (as every worker's lease keeper does).
+    # How often the sweeper runs; it also re-publishes expired leases (as every worker's
+    # lease keeper does).
     sweep_interval_seconds: float = Field(default=10.0, gt=0)
     # A queued job untouched this long, with nothing left in the broker, lost its wake-up
     # (Redis flushed or restarted without its AOF). A false alarm only sends a duplicate
@@ -220,7 +259,7 @@ class Settings(BaseSettings):
         return self.segmind_api_key.get_secret_value()
 
     def warn_if_simulated(self) -> None:
-        """Say loudly that no real Segmind key is configured (SPEC §3)."""
+        """Say loudly that no real Segmind key is configured (docs/reference/configuration.md)."""
         if self.uses_simulator:
             log.warning(
                 "RELIGHTQ_SEGMIND_API_KEY is not set: relightq is using the local SIMULATOR "
