@@ -1,4 +1,4 @@
-"""docker-compose.yml: accepted by Compose, and pinned to the production shape of SPEC §4."""
+"""docker-compose.yml: accepted by Compose, pinned to the production shape (docs/operations/)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A synchronous httpx client for Segmind IC-Light v1 (SPEC §1)."""
+"""A synchronous httpx client for Segmind IC-Light v1 (docs/reference/upstream.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The IC-Light request fields, exactly as Segmind names, defaults and bounds them (SPEC §1).
+"""The IC-Light request fields, exactly as Segmind names, defaults and bounds them.
+
+docs/reference/upstream.md lists them.
 
 One model serves the API's validation, the client's request body and the simulator's
 validation, so the three can never disagree about what is allowed.

@@ -1,4 +1,6 @@
-"""A local stand-in for the Segmind IC-Light v1 API (SPEC §5), as stripe-mock stands in for Stripe.
+"""A local stand-in for the Segmind IC-Light v1 API, as stripe-mock stands in for Stripe.
+
+docs/concepts/simulator.md describes it; docs/reference/upstream.md is the contract it serves.
 
 It validates the same fields, fetches the subject, answers a synthetic image of the final
 size, keeps a credit balance, injects faults on request and records what traffic it saw.

@@ -2,7 +2,8 @@
 
 Every worker process on every host asks :meth:`RedisFleet.acquire` before an upstream
 call. One Lua script decides atomically, so a call admitted after a pause was recorded is
-impossible (SPEC guarantee 3), and the caps hold across processes (guarantee 4).
+impossible (docs/reference/guarantees.md, guarantee 3), and the caps hold across
+processes (guarantee 4).
 
 Why a script rather than libraries: the concurrency cap is the counting semaphore of
 "Redis in Action" §6.3 (a sorted set of holders scored by expiry, so a killed worker's

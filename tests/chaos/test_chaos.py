@@ -3,7 +3,7 @@ lost or done twice, and recovery takes seconds.
 
 Each test breaks one thing (a worker killed mid-call, a worker told to stop, Redis
 flushed, credits running out, injected 500s, PostgreSQL restarted) and then checks the
-guarantees of the README's "Durability" section with the leases, timeouts, retry
+guarantees of docs/concepts/durability.md with the leases, timeouts, retry
 schedule, sweep and probe intervals a user gets without tuning (tests/chaos/harness.py).
 """
 
@@ -23,7 +23,8 @@ from tests.support.private_postgres import PrivatePostgres, require_private_post
 
 CAP = 4
 DEFAULTS = Settings()
-# SPEC guarantee 7: a job held by a worker that died is taken over within this, at defaults.
+# A job held by a worker that died is taken over within this, at defaults
+# (docs/reference/guarantees.md, guarantee 7).
 TAKEOVER_SECONDS = 45
 
 

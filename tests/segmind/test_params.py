@@ -1,4 +1,4 @@
-"""RelightParams: Segmind's fields, defaults and bounds, exactly (SPEC §1)."""
+"""RelightParams: Segmind's fields, defaults and bounds, exactly (docs/reference/upstream.md)."""
 
 from __future__ import annotations
 
