@@ -1,4 +1,4 @@
-"""The `relightq` command line (SPEC §3).
+"""The `relightq` command line (docs/getting-started.md, docs/operations/index.md).
 
 The operator's commands (api, worker, beat, migrate, keys, buckets, throttle, ...) are
 here and import the server's modules only when run; `relightq batch` and `relightq
