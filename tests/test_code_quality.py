@@ -17,7 +17,7 @@ BIN = Path(sys.executable).parent
     [
         ["ruff", "check", "."],
         ["ruff", "format", "--check", "."],
-        ["mypy", "relightq", "api", "worker", "migrations", "tests", "bench"],
+        ["mypy", "relightq", "api", "worker", "migrations", "tests", "bench", "scripts"],
     ],
     ids=["ruff-lint", "ruff-format", "mypy"],
 )
