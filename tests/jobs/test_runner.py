@@ -212,8 +212,19 @@ def test_a_job_whose_lease_is_lost_before_the_call_is_not_called(tenant: TenantK
         session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED))
 
 
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[uuid.UUID]:
+    """The wake-ups the runner sends, kept here: a live worker thread of the suite would
+    otherwise claim the handed-back job before the test could look at it."""
+    sent: list[uuid.UUID] = []
+    monkeypatch.setattr(
+        "relightq.jobs.runner.publish_job", lambda _s, job_id, *_a, **_k: sent.append(job_id)
+    )
+    return sent
+
+
 def test_a_stopping_worker_hands_a_job_waiting_for_a_slot_back_to_the_queue_at_once(
-    tenant: TenantKey,
+    tenant: TenantKey, published: list[uuid.UUID]
 ) -> None:
     import threading
     import time
@@ -232,12 +243,15 @@ def test_a_stopping_worker_hands_a_job_waiting_for_a_slot_back_to_the_queue_at_o
     assert client.calls == 0
     with session_scope() as session:
         job = session.get_one(Job, job_id)
-        # Back in the queue, its attempt refunded, no lease left behind.
+        # Back in the queue, its attempt refunded, no lease left behind, a worker woken.
         assert (job.status, job.attempts, job.lease_token) == (JobStatus.QUEUED, 0, None)
         session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED))
+    assert published == [job_id]
 
 
-def test_a_stopping_worker_does_not_claim_the_jobs_it_still_receives(tenant: TenantKey) -> None:
+def test_a_stopping_worker_does_not_claim_the_jobs_it_still_receives(
+    tenant: TenantKey, published: list[uuid.UUID]
+) -> None:
     from relightq.jobs.runner import RunnerDeps, run_job
 
     job_id = new_job(tenant)
@@ -250,3 +264,4 @@ def test_a_stopping_worker_does_not_claim_the_jobs_it_still_receives(tenant: Ten
         job = session.get_one(Job, job_id)
         assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)  # left for another worker
         session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED))
+    assert published == [job_id]  # its wake-up sent again, for a worker that goes on

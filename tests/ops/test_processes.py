@@ -142,7 +142,15 @@ def test_the_api_process_with_json_logs_prints_only_json_lines_uvicorns_included
         raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         raw.recv(1024)
     httpx.get(f"{processes.api_url}/v1/jobs")  # 401, logged by relightq.api
-    wait_until(lambda: "Invalid HTTP request" in processes.log("api"), "uvicorn's warning", 10)
+    # The request line is written once the answer is out: wait for it too, not only the
+    # warning (under load it lands a moment after the client got its 401).
+    wait_until(
+        lambda: all(
+            text in processes.log("api") for text in ("Invalid HTTP request", "GET /v1/jobs 401 ")
+        ),
+        "uvicorn's warning and the request's line",
+        10,
+    )
 
     lines = json_lines(processes.log("api"))
 
