@@ -17,6 +17,7 @@ from starlette.datastructures import UploadFile
 
 from api.bodies import read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
+from api.errors import authenticated
 from api.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_PARAMETER
 from api.idempotency import key_of, remember, replay_or_claim
 from relightq.batches import service
@@ -31,9 +32,15 @@ from relightq.batches.schemas import (
 from relightq.batches.sources import RawItem, csv_items, json_items, jsonl_items, prefix_items
 from relightq.db import get_sessionmaker
 from relightq.errors import (
+    BatchCancelled,
     FieldProblem,
+    IdempotencyKeyReused,
     InvalidInput,
-    RelightqError,
+    MalformedRequest,
+    NotFound,
+    PayloadTooLarge,
+    TooManyItems,
+    UnsupportedMediaType,
     field_problems,
     unstorable_field,
 )
@@ -154,6 +161,13 @@ def _file_digest(upload: UploadFile) -> str:
     status_code=202,
     response_model=BatchOut,
     openapi_extra=_REQUEST_BODY,
+    responses=authenticated(
+        MalformedRequest,
+        PayloadTooLarge,
+        TooManyItems,
+        UnsupportedMediaType,
+        IdempotencyKeyReused,
+    ),
     summary="Submit a batch: JSON items or an s3:// source, or a CSV/JSONL file (multipart)",
 )
 async def create_batch(
@@ -218,14 +232,17 @@ async def create_batch(
         items = csv_items(binary) if file_format == "csv" else jsonl_items(binary)
         view = await run_in_threadpool(_store, db, tenant, spec, file_format, items, storage, key)
     else:
-        raise RelightqError(
-            "send application/json or multipart/form-data", 415, "unsupported_media_type"
-        )
+        raise UnsupportedMediaType
     response.headers["Location"] = f"/v1/batches/{view.id}"
     return view
 
 
-@router.get("", response_model=BatchPage, summary="The tenant's batches, newest first")
+@router.get(
+    "",
+    response_model=BatchPage,
+    summary="The tenant's batches, newest first",
+    responses=authenticated(),
+)
 def list_batches(
     tenant: CurrentTenant,
     db: DbSession,
@@ -237,13 +254,23 @@ def list_batches(
     return BatchPage(items=[service.batch_view(db, b) for b in batches], next_cursor=next_cursor)
 
 
-@router.get("/{batch_id}", response_model=BatchOut, summary="A batch: counts, progress, ETA")
+@router.get(
+    "/{batch_id}",
+    response_model=BatchOut,
+    summary="A batch: counts, progress, ETA",
+    responses=authenticated(NotFound),
+)
 def get_batch(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> BatchOut:
     """A batch of the calling tenant; anyone else's is a 404."""
     return service.batch_view(db, service.get_batch(db, tenant.id, batch_id))
 
 
-@router.patch("/{batch_id}", response_model=BatchOut, summary="Change a batch's credit budget")
+@router.patch(
+    "/{batch_id}",
+    response_model=BatchOut,
+    summary="Change a batch's credit budget",
+    responses=authenticated(NotFound),
+)
 def update_batch(
     batch_id: uuid.UUID, update: BatchUpdate, tenant: CurrentTenant, db: DbSession
 ) -> BatchOut:
@@ -253,7 +280,12 @@ def update_batch(
     return service.batch_view(db, batch)
 
 
-@router.post("/{batch_id}/cancel", response_model=BatchOut, summary="Cancel a batch")
+@router.post(
+    "/{batch_id}/cancel",
+    response_model=BatchOut,
+    summary="Cancel a batch",
+    responses=authenticated(NotFound),
+)
 def cancel_batch(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> BatchOut:
     """Items not yet running are cancelled; running ones finish."""
     batch = service.cancel_batch(db, tenant.id, batch_id)
@@ -262,7 +294,10 @@ def cancel_batch(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> B
 
 
 @router.post(
-    "/{batch_id}/retry-failed", response_model=BatchOut, summary="Retry a batch's failed items"
+    "/{batch_id}/retry-failed",
+    response_model=BatchOut,
+    summary="Retry a batch's failed items",
+    responses=authenticated(NotFound, BatchCancelled),
 )
 def retry_failed(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> BatchOut:
     """Failed items run again with fresh attempts, a window at a time like the rest."""
@@ -299,6 +334,7 @@ def manifest_response(
     "/{batch_id}/results",
     summary="Every item: status, outputs (s3 URIs and presigned URLs), error",
     response_class=StreamingResponse,
+    responses=authenticated(NotFound),
 )
 def results(
     batch_id: uuid.UUID,
@@ -315,6 +351,7 @@ def results(
     "/{batch_id}/errors",
     summary="Failed items and rejected rows, by row",
     response_class=StreamingResponse,
+    responses=authenticated(NotFound),
 )
 def errors(
     batch_id: uuid.UUID,

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from relightq.errors import FieldProblem, InvalidInput, RelightqError
+from relightq.errors import FieldProblem, InvalidInput, PayloadTooLarge
 from relightq.json_input import parse_json
 
 
@@ -24,7 +24,7 @@ async def read_json_object(
     async for chunk in request.stream():
         body += chunk
         if limit is not None and len(body) > limit:
-            raise RelightqError(too_large, 413, "payload_too_large")
+            raise PayloadTooLarge(too_large)
     # In a worker thread: a JSON batch may be megabytes, and parsing it here would hold up
     # every other request this process is serving.
     parsed = await run_in_threadpool(parse_json, body, "body", "a JSON object", document=True)

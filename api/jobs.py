@@ -14,14 +14,23 @@ from starlette.datastructures import UploadFile
 
 from api.bodies import read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
+from api.errors import authenticated
 from api.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_PARAMETER
 from api.idempotency import key_of, remember, replay_or_claim
 from api.waiting import prefer_wait, wait_for_job
 from relightq.db import session_scope
 from relightq.errors import (
+    BatchCancelled,
     FieldProblem,
+    IdempotencyKeyReused,
     InvalidInput,
-    RelightqError,
+    JobFinal,
+    JobNotRetryable,
+    JobRunning,
+    MalformedRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
     field_problems,
     unstorable_field,
 )
@@ -73,6 +82,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Accepted: the job is stored and queued (see Location)",
         "headers": {"Location": {"schema": {"type": "string"}}},
     },
+    **authenticated(MalformedRequest, PayloadTooLarge, UnsupportedMediaType, IdempotencyKeyReused),
 }
 
 
@@ -85,9 +95,7 @@ async def _read_upload(upload: UploadFile | str | None, limit: int) -> bytes:
         return b""  # reported as a field problem by the caller
     data = await upload.read(limit + 1)
     if len(data) > limit:
-        raise RelightqError(
-            f"subject_image exceeds the upload limit of {limit} bytes", 413, "payload_too_large"
-        )
+        raise PayloadTooLarge(f"subject_image exceeds the upload limit of {limit} bytes")
     return data
 
 
@@ -162,9 +170,7 @@ async def create_job(
             service.create_job_with_upload, db, tenant.id, options, data, storage
         )
     else:
-        raise RelightqError(
-            "send application/json or multipart/form-data", 415, "unsupported_media_type"
-        )
+        raise UnsupportedMediaType
     view = service.job_view(job, storage)
     location = f"/v1/jobs/{job.id}"
     await run_in_threadpool(remember, db, tenant.id, key, 202, view, location)
@@ -189,7 +195,12 @@ def _remember_again(tenant_id: uuid.UUID, key: str | None, answer: JobOut, locat
         remember(session, tenant_id, key, 200, answer, location)
 
 
-@router.get("/{job_id}", response_model=JobOut, summary="One job, with presigned output URLs")
+@router.get(
+    "/{job_id}",
+    response_model=JobOut,
+    summary="One job, with presigned output URLs",
+    responses=authenticated(NotFound),
+)
 def get_job(
     job_id: uuid.UUID, tenant: CurrentTenant, db: DbSession, storage: CurrentStorage
 ) -> JobOut:
@@ -197,7 +208,9 @@ def get_job(
     return service.job_view(service.get_job(db, tenant.id, job_id), storage)
 
 
-@router.get("", response_model=JobPage, summary="The tenant's jobs, newest first")
+@router.get(
+    "", response_model=JobPage, summary="The tenant's jobs, newest first", responses=authenticated()
+)
 def list_jobs(
     tenant: CurrentTenant,
     db: DbSession,
@@ -212,7 +225,12 @@ def list_jobs(
     return JobPage(items=[service.job_view(j, storage) for j in jobs], next_cursor=next_cursor)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a job not yet running")
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobOut,
+    summary="Cancel a job not yet running",
+    responses=authenticated(NotFound, JobRunning, JobFinal),
+)
 def cancel_job(
     job_id: uuid.UUID, tenant: CurrentTenant, db: DbSession, storage: CurrentStorage
 ) -> JobOut:
@@ -223,7 +241,10 @@ def cancel_job(
 
 
 @router.post(
-    "/{job_id}/retry", response_model=JobOut, summary="Run a failed or cancelled job again"
+    "/{job_id}/retry",
+    response_model=JobOut,
+    summary="Run a failed or cancelled job again",
+    responses=authenticated(NotFound, JobNotRetryable, BatchCancelled),
 )
 def retry_job(
     job_id: uuid.UUID, tenant: CurrentTenant, db: DbSession, storage: CurrentStorage

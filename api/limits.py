@@ -9,6 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import COMPAT_PREFIX
+from relightq.errors import PayloadTooLarge
 
 
 class _TooLarge(HTTPException):
@@ -66,7 +67,7 @@ class BodySizeLimit:
         payload: dict[str, Any] = (
             {"error": message}  # Segmind's shape, for a Segmind client
             if scope["path"].startswith(COMPAT_PREFIX)
-            else {"error": {"code": "payload_too_large", "message": message, "fields": []}}
+            else {"error": {"code": PayloadTooLarge.code, "message": message, "fields": []}}
         )
         body = json.dumps(payload).encode()
         await send(

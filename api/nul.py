@@ -19,7 +19,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import COMPAT_PREFIX
-from relightq.errors import FieldProblem, unstorable_field
+from relightq.errors import FieldProblem, InvalidInput, unstorable_field
 
 # Bodies that may decode to NUL or a surrogate: the escapes; the bytes json.loads decodes
 # to a surrogate (it reads UTF-8 with surrogatepass); and any NUL byte, which a body in
@@ -108,7 +108,7 @@ def _replay(
 
 async def _refuse(send: Send, path: str, problem: FieldProblem) -> None:
     error: dict[str, Any] = {
-        "code": "validation_error",
+        "code": InvalidInput.code,
         "message": f"invalid input: {problem.field}",
         "fields": [problem.as_dict()],
     }

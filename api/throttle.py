@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends
 
 from api.deps import CurrentTenant
-from relightq.errors import RelightqError
+from api.errors import authenticated
+from relightq.errors import OperatorRequired
 from relightq.settings import get_settings
 from relightq.tenants.models import Tenant
 from relightq.throttle.fleet import Fleet
@@ -20,25 +21,30 @@ CurrentFleet = Annotated[Fleet, Depends(get_fleet)]
 
 def _operator(tenant: CurrentTenant) -> Tenant:
     if not tenant.is_operator:
-        raise RelightqError(
-            "pausing and resuming the fleet needs an operator key "
-            "(relightq keys create --tenant NAME --operator)",
-            403,
-            "forbidden",
-        )
+        raise OperatorRequired
     return tenant
 
 
 Operator = Annotated[Tenant, Depends(_operator)]
 
 
-@router.get("", response_model=ThrottleOut, summary="The fleet: running or paused, and why")
+@router.get(
+    "",
+    response_model=ThrottleOut,
+    summary="The fleet: running or paused, and why",
+    responses=authenticated(),
+)
 def get_throttle(_: CurrentTenant, fleet: CurrentFleet) -> ThrottleOut:
     """Shared by every worker; any client may read it."""
     return throttle_view(fleet.state(), get_settings())
 
 
-@router.post("/pause", response_model=ThrottleOut, summary="Pause the fleet until resumed by hand")
+@router.post(
+    "/pause",
+    response_model=ThrottleOut,
+    summary="Pause the fleet until resumed by hand",
+    responses=authenticated(OperatorRequired),
+)
 def pause(
     _: Operator, fleet: CurrentFleet, body: Annotated[PauseIn | None, Body()] = None
 ) -> ThrottleOut:
@@ -48,7 +54,10 @@ def pause(
 
 
 @router.post(
-    "/resume", response_model=ThrottleOut, summary="Resume the fleet and wake waiting jobs"
+    "/resume",
+    response_model=ThrottleOut,
+    summary="Resume the fleet and wake waiting jobs",
+    responses=authenticated(OperatorRequired),
 )
 def resume(_: Operator, fleet: CurrentFleet) -> ThrottleOut:
     """Lifts any pause, manual or automatic."""

@@ -6,6 +6,17 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import CurrentTenant, DbSession
+from api.errors import authenticated, error_responses
+from relightq.errors import (
+    BadSignature,
+    DatabaseUnavailable,
+    InvalidInput,
+    NameTaken,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    RedisUnavailable,
+)
 from relightq.settings import get_settings
 from relightq.triggers import service
 from relightq.triggers.schemas import TriggerAccepted, TriggerCreate, TriggerOut
@@ -13,7 +24,13 @@ from relightq.triggers.schemas import TriggerAccepted, TriggerCreate, TriggerOut
 router = APIRouter(prefix="/v1/triggers", tags=["triggers"])
 
 
-@router.post("", status_code=201, response_model=TriggerOut, summary="Define a trigger")
+@router.post(
+    "",
+    status_code=201,
+    response_model=TriggerOut,
+    summary="Define a trigger",
+    responses=authenticated(NameTaken),
+)
 def create_trigger(
     spec: TriggerCreate, response: Response, tenant: CurrentTenant, db: DbSession
 ) -> TriggerOut:
@@ -24,19 +41,25 @@ def create_trigger(
     return service.trigger_view(trigger, with_secret=True)
 
 
-@router.get("", response_model=list[TriggerOut], summary="The tenant's triggers")
+@router.get(
+    "", response_model=list[TriggerOut], summary="The tenant's triggers", responses=authenticated()
+)
 def list_triggers(tenant: CurrentTenant, db: DbSession) -> list[TriggerOut]:
     """By name; secrets are not shown."""
     return [service.trigger_view(t) for t in service.list_triggers(db, tenant.id)]
 
 
-@router.get("/{name}", response_model=TriggerOut, summary="One trigger")
+@router.get(
+    "/{name}", response_model=TriggerOut, summary="One trigger", responses=authenticated(NotFound)
+)
 def get_trigger(name: str, tenant: CurrentTenant, db: DbSession) -> TriggerOut:
     """A trigger of the calling tenant."""
     return service.trigger_view(service.get_trigger(db, tenant.id, name))
 
 
-@router.delete("/{name}", status_code=204, summary="Remove a trigger")
+@router.delete(
+    "/{name}", status_code=204, summary="Remove a trigger", responses=authenticated(NotFound)
+)
 def delete_trigger(name: str, tenant: CurrentTenant, db: DbSession) -> Response:
     """Events sent to it afterwards get 404."""
     db.delete(service.get_trigger(db, tenant.id, name))
@@ -56,8 +79,16 @@ def delete_trigger(name: str, tenant: CurrentTenant, db: DbSession) -> Response:
             "hmac-sha256, same body): duplicate is true and jobs are the first delivery's; "
             "nothing new is stored",
         },
-        401: {"description": "bad or missing signature, or too old; nothing stored"},
-        429: {"description": "too many requests to this trigger; retry after Retry-After"},
+        # No API key here: the signature is what authenticates the event.
+        **error_responses(
+            BadSignature,
+            NotFound,
+            PayloadTooLarge,
+            InvalidInput,
+            RateLimited,
+            DatabaseUnavailable,
+            RedisUnavailable,
+        ),
     },
 )
 async def receive_event(

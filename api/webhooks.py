@@ -8,6 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from api.deps import CurrentTenant, DbSession
+from api.errors import authenticated
+from relightq.errors import DeliveryInFlight, EndpointDisabled, NotFound
 from relightq.webhooks import service
 from relightq.webhooks.models import DeliveryStatus, EventType
 from relightq.webhooks.schemas import (
@@ -27,7 +29,11 @@ Limit = Annotated[int, Query(ge=1, le=200)]
 
 
 @router.post(
-    "/endpoints", status_code=201, response_model=EndpointOut, summary="Register an endpoint"
+    "/endpoints",
+    status_code=201,
+    response_model=EndpointOut,
+    summary="Register an endpoint",
+    responses=authenticated(),
 )
 def create_endpoint(
     spec: EndpointCreate, response: Response, tenant: CurrentTenant, db: DbSession
@@ -39,13 +45,23 @@ def create_endpoint(
     return service.endpoint_view(endpoint, with_secret=True)
 
 
-@router.get("/endpoints", response_model=list[EndpointOut], summary="The tenant's endpoints")
+@router.get(
+    "/endpoints",
+    response_model=list[EndpointOut],
+    summary="The tenant's endpoints",
+    responses=authenticated(),
+)
 def list_endpoints(tenant: CurrentTenant, db: DbSession) -> list[EndpointOut]:
     """Oldest first; secrets are not shown."""
     return [service.endpoint_view(e) for e in service.list_endpoints(db, tenant.id)]
 
 
-@router.get("/endpoints/{endpoint_id}", response_model=EndpointOut, summary="One endpoint")
+@router.get(
+    "/endpoints/{endpoint_id}",
+    response_model=EndpointOut,
+    summary="One endpoint",
+    responses=authenticated(NotFound),
+)
 def get_endpoint(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> EndpointOut:
     """Shows whether it is enabled and, if not, why (e.g. it answered 410)."""
     return service.endpoint_view(service.get_endpoint(db, tenant.id, endpoint_id))
@@ -55,6 +71,7 @@ def get_endpoint(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -
     "/endpoints/{endpoint_id}/secret",
     response_model=SecretOut,
     summary="An endpoint's signing secret",
+    responses=authenticated(NotFound),
 )
 def get_endpoint_secret(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> SecretOut:
     """For the owner's verifier, as Svix and Stripe let their dashboards reveal it."""
@@ -65,6 +82,7 @@ def get_endpoint_secret(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSes
     "/endpoints/{endpoint_id}/rotate-secret",
     response_model=SecretOut,
     summary="A new signing secret for an endpoint",
+    responses=authenticated(NotFound),
 )
 def rotate_endpoint_secret(
     endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession
@@ -75,7 +93,12 @@ def rotate_endpoint_secret(
     return SecretOut(secret=secret)
 
 
-@router.patch("/endpoints/{endpoint_id}", response_model=EndpointOut, summary="Change one")
+@router.patch(
+    "/endpoints/{endpoint_id}",
+    response_model=EndpointOut,
+    summary="Change one",
+    responses=authenticated(NotFound),
+)
 def update_endpoint(
     endpoint_id: uuid.UUID, spec: EndpointUpdate, tenant: CurrentTenant, db: DbSession
 ) -> EndpointOut:
@@ -85,7 +108,12 @@ def update_endpoint(
     return service.endpoint_view(endpoint)
 
 
-@router.delete("/endpoints/{endpoint_id}", status_code=204, summary="Remove an endpoint")
+@router.delete(
+    "/endpoints/{endpoint_id}",
+    status_code=204,
+    summary="Remove an endpoint",
+    responses=authenticated(NotFound),
+)
 def delete_endpoint(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> Response:
     """Its pending deliveries are dropped with it."""
     service.delete_endpoint(db, tenant.id, endpoint_id)
@@ -93,7 +121,12 @@ def delete_endpoint(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession
     return Response(status_code=204)
 
 
-@router.get("/callback-secret", response_model=SecretOut, summary="The callback_url secret")
+@router.get(
+    "/callback-secret",
+    response_model=SecretOut,
+    summary="The callback_url secret",
+    responses=authenticated(),
+)
 def get_callback_secret(tenant: CurrentTenant, db: DbSession) -> SecretOut:
     """Deliveries to any callback_url of this tenant are signed with it; made on first use,
     by this call or the first delivery, whichever comes first."""
@@ -103,7 +136,10 @@ def get_callback_secret(tenant: CurrentTenant, db: DbSession) -> SecretOut:
 
 
 @router.post(
-    "/callback-secret/rotate", response_model=SecretOut, summary="A new callback_url secret"
+    "/callback-secret/rotate",
+    response_model=SecretOut,
+    summary="A new callback_url secret",
+    responses=authenticated(),
 )
 def rotate_callback_secret(tenant: CurrentTenant, db: DbSession) -> SecretOut:
     """Deliveries to callback_url from now on are signed with the new one."""
@@ -112,7 +148,9 @@ def rotate_callback_secret(tenant: CurrentTenant, db: DbSession) -> SecretOut:
     return SecretOut(secret=secret)
 
 
-@router.get("/events", response_model=EventPage, summary="Events, newest first")
+@router.get(
+    "/events", response_model=EventPage, summary="Events, newest first", responses=authenticated()
+)
 def list_events(
     tenant: CurrentTenant,
     db: DbSession,
@@ -127,13 +165,23 @@ def list_events(
     return EventPage(items=events, next_cursor=next_cursor)
 
 
-@router.get("/events/{event_id}", response_model=EventOut, summary="One event")
+@router.get(
+    "/events/{event_id}",
+    response_model=EventOut,
+    summary="One event",
+    responses=authenticated(NotFound),
+)
 def get_event(event_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> EventOut:
     """The payload sent, and every delivery and attempt."""
     return service.get_event(db, tenant.id, event_id)
 
 
-@router.get("/deliveries", response_model=DeliveryPage, summary="Deliveries, newest first")
+@router.get(
+    "/deliveries",
+    response_model=DeliveryPage,
+    summary="Deliveries, newest first",
+    responses=authenticated(),
+)
 def list_deliveries(
     tenant: CurrentTenant,
     db: DbSession,
@@ -149,7 +197,12 @@ def list_deliveries(
     return DeliveryPage(items=deliveries, next_cursor=next_cursor)
 
 
-@router.get("/deliveries/{delivery_id}", response_model=DeliveryOut, summary="One delivery")
+@router.get(
+    "/deliveries/{delivery_id}",
+    response_model=DeliveryOut,
+    summary="One delivery",
+    responses=authenticated(NotFound),
+)
 def get_delivery(delivery_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> DeliveryOut:
     """Status, next try and every attempt."""
     return service.get_delivery(db, tenant.id, delivery_id)
@@ -160,6 +213,7 @@ def get_delivery(delivery_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -
     status_code=202,
     response_model=DeliveryOut,
     summary="Send one delivery again",
+    responses=authenticated(NotFound, EndpointDisabled, DeliveryInFlight),
 )
 def redeliver(delivery_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> DeliveryOut:
     """Same webhook-id (receivers can deduplicate), fresh round of retries."""

@@ -45,10 +45,12 @@ from relightq.batches.sources import RawItem
 from relightq.db import utcnow
 from relightq.errors import (
     UNSTORABLE,
+    BatchCancelled,
+    BatchRejected,
     FieldProblem,
     InvalidInput,
     NotFound,
-    RelightqError,
+    TooManyItems,
     field_problems,
     unstorable_field,
 )
@@ -65,21 +67,6 @@ INSERT_CHUNK = 2000
 BATCH_DEFAULT_PRIORITY = 4
 MAX_KEY_BYTES = 1024  # S3's limit
 PACE_WINDOW = timedelta(minutes=5)
-
-
-class BatchRejected(RelightqError):
-    """Some rows are invalid and ``skip_invalid`` was not set; every listed row is named."""
-
-    def __init__(self, problems: list[FieldProblem], bad_rows: int, rows: int) -> None:
-        listed = len({p.field.split(".")[0] for p in problems})
-        super().__init__(
-            f"{bad_rows} of {rows} rows are invalid (the first {listed} are listed); nothing "
-            "was stored. Fix them, or send skip_invalid=true (relightq batch submit "
-            "--skip-invalid) to run the valid rows.",
-            422,
-            "validation_error",
-            problems,
-        )
 
 
 @dataclass
@@ -178,12 +165,7 @@ def create_batch(
         for item in items:
             state.rows += 1
             if state.rows > settings.max_batch_items:
-                raise RelightqError(
-                    f"a batch holds at most {settings.max_batch_items} items",
-                    413,
-                    "too_many_items",
-                    [FieldProblem("items", f"more than {settings.max_batch_items} items")],
-                )
+                raise TooManyItems(settings.max_batch_items)
             _take(session, state, item, spec, storage)
     except UnicodeDecodeError as exc:
         raise InvalidInput([FieldProblem("file", "is not UTF-8 text", ALLOWED["file"])]) from exc
@@ -481,7 +463,7 @@ def retry_failed(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) ->
     """Put every failed item back in the batch with fresh attempts; returns how many."""
     batch = get_batch(session, tenant_id, batch_id)
     if batch.cancelled_at is not None:
-        raise RelightqError("the batch was cancelled; submit a new one", 409, "batch_cancelled")
+        raise BatchCancelled("the batch was cancelled; submit a new one")
     now = utcnow()
     done = session.execute(
         update(Job)

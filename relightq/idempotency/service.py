@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from relightq.db import utcnow
-from relightq.errors import FieldProblem, InvalidInput, RelightqError
+from relightq.errors import FieldProblem, IdempotencyKeyReused, InvalidInput
 from relightq.idempotency.models import IdempotencyKey
 from relightq.settings import get_settings
 
@@ -90,11 +90,9 @@ def begin(
         )
     ).one()
     if first.endpoint != endpoint or first.request_hash != request_hash:
-        raise RelightqError(
+        raise IdempotencyKeyReused(
             f"this {HEADER} was already used with a different request "
             f"({first.endpoint} at {first.created_at.isoformat()}); use a new key",
-            422,
-            "idempotency_key_reused",
             [FieldProblem(HEADER, "was used with different parameters", REUSE_ALLOWED)],
         )
     assert first.status_code is not None  # stored in the same transaction as the key

@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session, selectinload
 
 from relightq.broker import Queue, TaskName, enqueue_after_commit
 from relightq.db import utcnow
-from relightq.errors import FieldProblem, InvalidInput, NotFound, RelightqError
+from relightq.errors import (
+    BatchCancelled,
+    FieldProblem,
+    InvalidInput,
+    JobFinal,
+    JobNotRetryable,
+    JobRunning,
+    NotFound,
+)
 from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
 from relightq.jobs.schemas import (
     ALLOWED,
@@ -272,13 +280,11 @@ def cancel_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
     """Cancel a job that has not started; a running one is a 409, a final one stays as is."""
     job = get_job(session, tenant_id, job_id)
     if job.status == JobStatus.RUNNING:
-        raise RelightqError(
-            "the job is running; it will finish, and cannot be cancelled now", 409, "job_running"
-        )
+        raise JobRunning("the job is running; it will finish, and cannot be cancelled now")
     if job.status in FINAL_STATUSES:
         if job.status == JobStatus.CANCELLED:
             return job
-        raise RelightqError(f"the job already {job.status}", 409, "job_final")
+        raise JobFinal(f"the job already {job.status}")
     now = utcnow()
     done = session.execute(
         update(Job)
@@ -286,7 +292,7 @@ def cancel_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
         .values(cancelled_values(now))
     )
     if not done.rowcount:  # type: ignore[attr-defined]
-        raise RelightqError("the job started meanwhile; it will finish", 409, "job_running")
+        raise JobRunning("the job started meanwhile; it will finish")
     if job.batch_id is not None:
         from relightq.batches.dispatch import settle  # the batch module builds on this one
 
@@ -299,19 +305,15 @@ def retry_job(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
     """Run a failed or cancelled job again with fresh attempts."""
     job = get_job(session, tenant_id, job_id)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
-        raise RelightqError(
-            f"only failed or cancelled jobs can be retried; this one is {job.status}",
-            409,
-            "job_not_retryable",
+        raise JobNotRetryable(
+            f"only failed or cancelled jobs can be retried; this one is {job.status}"
         )
     in_batch = job.batch_id is not None
     if job.batch_id is not None:
         from relightq.batches.dispatch import batch_cancelled, reopen  # builds on this module
 
         if batch_cancelled(session, job.batch_id):
-            raise RelightqError(
-                "the job's batch was cancelled; submit it again", 409, "batch_cancelled"
-            )
+            raise BatchCancelled("the job's batch was cancelled; submit it again")
     now = utcnow()
     session.execute(
         update(Job)

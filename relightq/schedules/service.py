@@ -26,7 +26,7 @@ from relightq.batches.schemas import BatchSettings
 from relightq.batches.service import batch_view, create_batch
 from relightq.batches.sources import RawItem, json_items, prefix_items
 from relightq.db import utcnow
-from relightq.errors import FieldProblem, InvalidInput, NotFound, RelightqError
+from relightq.errors import FieldProblem, InvalidInput, NotFound, RelightqError, RunExists
 from relightq.jobs.models import Job, JobStatus
 from relightq.jobs.service import foreign_subject_problem, retry_job
 from relightq.pagination import newest_first, page
@@ -274,7 +274,7 @@ def run_now(
     now = now or utcnow()
     run = fire(session, schedule, now, storage, settings, manual=True, now=now)
     if run is None:
-        raise RelightqError("a run was started this very moment; try again", 409, "run_exists")
+        raise RunExists("a run was started this very moment; try again")
     return run
 
 
@@ -435,7 +435,7 @@ def _rerun_batch(
         select(Batch).where(Batch.id == action.batch_id, Batch.tenant_id == schedule.tenant_id)
     )
     if original is None:
-        raise RelightqError("the batch to re-run no longer exists", 404, "not_found")
+        raise NotFound("batch", "the batch to re-run no longer exists")
 
     def items() -> Iterator[dict[str, Any]]:
         after = -1

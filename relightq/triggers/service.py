@@ -26,7 +26,14 @@ from sqlalchemy.orm import Session
 from standardwebhooks.webhooks import Webhook
 
 from relightq.db import utcnow
-from relightq.errors import FieldProblem, InvalidInput, NotFound, RelightqError, field_problems
+from relightq.errors import (
+    BadSignature,
+    FieldProblem,
+    InvalidInput,
+    NameTaken,
+    NotFound,
+    field_problems,
+)
 from relightq.jobs.schemas import ALLOWED as JOB_ALLOWED
 from relightq.jobs.schemas import JobCreate
 from relightq.jobs.service import create_job, foreign_subject_problem
@@ -45,13 +52,6 @@ from relightq.webhooks.secrets import new_secret
 
 # trigger_events keys of body digests; event ids that look like one are stored hashed.
 BODY_KEY_PREFIX = "body:"
-
-
-class BadSignature(RelightqError):
-    """401: the event is not from whom the trigger trusts, or too old; nothing is stored."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(f"signature check failed: {why}", 401, "bad_signature")
 
 
 def trigger_view(trigger: Trigger, with_secret: bool = False) -> TriggerOut:
@@ -100,12 +100,7 @@ def create_trigger(session: Session, tenant_id: uuid.UUID, spec: TriggerCreate) 
         .returning(Trigger)
     )
     if trigger is None:
-        raise RelightqError(
-            f"a trigger named {spec.name} exists; pick another name",
-            409,
-            "name_taken",
-            [FieldProblem("name", "is taken")],
-        )
+        raise NameTaken(spec.name)
     return trigger
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from relightq.db import utcnow
-from relightq.errors import NotFound, RelightqError
+from relightq.errors import DeliveryInFlight, EndpointDisabled, NotFound
 from relightq.pagination import newest_first, page
 from relightq.tenants.models import Tenant
 from relightq.webhooks.events import publish_delivery
@@ -271,11 +271,7 @@ def redeliver(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) ->
     if delivery.endpoint_id is not None:
         endpoint = session.get(WebhookEndpoint, delivery.endpoint_id)
         if endpoint is None or not endpoint.enabled:
-            raise RelightqError(
-                "the endpoint is disabled; enable it (PATCH enabled=true) first",
-                409,
-                "endpoint_disabled",
-            )
+            raise EndpointDisabled("the endpoint is disabled; enable it (PATCH enabled=true) first")
         url = endpoint.url  # where the worker will send it
     done = session.execute(
         update(WebhookDelivery)
@@ -290,7 +286,7 @@ def redeliver(session: Session, tenant_id: uuid.UUID, delivery_id: uuid.UUID) ->
         )
     )
     if not done.rowcount:  # type: ignore[attr-defined]
-        raise RelightqError("the delivery is being sent right now", 409, "delivery_in_flight")
+        raise DeliveryInFlight("the delivery is being sent right now")
     publish_delivery(session, delivery_id)
     session.refresh(delivery)
     return _delivery_views(session, [delivery])[0]
