@@ -139,11 +139,11 @@ def _store(
     storage: Storage,
     key: str | None,
 ) -> BatchOut:
-    """Validate, insert and commit in one worker thread (with the idempotent answer)."""
+    """Validate and insert in one worker thread (with the idempotent answer); the session
+    dependency commits."""
     batch = service.create_batch(db, tenant.id, spec, source, items, storage, get_settings())
     view = service.batch_view(db, batch)
     remember(db, tenant.id, key, 202, view, f"/v1/batches/{batch.id}")
-    db.commit()
     return view
 
 
@@ -276,7 +276,6 @@ def update_batch(
 ) -> BatchOut:
     """Raising (or removing) the budget lets a batch waiting on it go on at once."""
     batch = service.update_budget(db, tenant.id, batch_id, update.credit_budget)
-    db.commit()
     return service.batch_view(db, batch)
 
 
@@ -289,7 +288,6 @@ def update_batch(
 def cancel_batch(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> BatchOut:
     """Items not yet running are cancelled; running ones finish."""
     batch = service.cancel_batch(db, tenant.id, batch_id)
-    db.commit()
     return service.batch_view(db, batch)
 
 
@@ -302,7 +300,6 @@ def cancel_batch(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> B
 def retry_failed(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> BatchOut:
     """Failed items run again with fresh attempts, a window at a time like the rest."""
     service.retry_failed(db, tenant.id, batch_id)
-    db.commit()
     return service.batch_view(db, service.get_batch(db, tenant.id, batch_id))
 
 

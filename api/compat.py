@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.deps import CurrentStorage, DbSession, tenant_for_key
+from api.deps import CurrentStorage, ExplicitSession, tenant_for_key
 from api.waiting import POLL_SECONDS, wait_for_job
 from relightq.compat import (
     COMPAT_PRIORITY,
@@ -135,7 +135,7 @@ _COMPAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     responses=_COMPAT_RESPONSES,
     openapi_extra=_COMPAT_REQUEST,
 )
-async def ic_light(request: Request, db: DbSession, storage: CurrentStorage) -> Response:
+async def ic_light(request: Request, db: ExplicitSession, storage: CurrentStorage) -> Response:
     """JSON or multipart exactly as Segmind takes them; waits for the image."""
     key = request.headers.get("x-api-key", "").strip()
     if not key:
@@ -179,6 +179,7 @@ async def ic_light(request: Request, db: DbSession, storage: CurrentStorage) -> 
         return _respond(error(422, _problems(exc)))
     except RelightqError as exc:
         return _respond(error(exc.status, exc.message))
+    # Committed here, mid-request: the workers must see the job before we wait for it.
     await run_in_threadpool(db.commit)
     deadline = time.monotonic() + settings.compat_wait_seconds
     while True:

@@ -22,16 +22,30 @@ _bearer = HTTPBearer(auto_error=False, description="relightq API key as a bearer
 
 
 def get_session() -> Iterator[Session]:
-    """A session for one request; routes that write commit it themselves before answering."""
+    """A session for one request, and the one place its transaction is committed.
+
+    The route runs and its answer is built; then this commits, before the answer is sent
+    (``scope="function"`` below). A commit that fails raises from here into the error
+    handlers, so the client gets a 503 or 500, never a 2xx for writes that were lost. An
+    exception from the route rolls everything back. Tasks queued with
+    ``enqueue_after_commit`` are sent by this commit and dropped by the rollback.
+    Routes commit themselves only where an answer must wait on committed work
+    (``Prefer: wait``).
+    """
     session = get_sessionmaker()()
     try:
         yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
     finally:
-        session.rollback()  # anything the route did not commit is discarded
         session.close()
 
 
-DbSession = Annotated[Session, Depends(get_session)]
+# scope="function": the exit code runs as soon as the route has returned, before the
+# response is sent (the default, "request", runs it after the response is sent).
+DbSession = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def current_tenant(
@@ -53,5 +67,18 @@ def tenant_for_key(db: Session, key: str | None) -> Tenant:
     return tenant
 
 
+def get_explicit_session() -> Iterator[Session]:
+    """A session the route commits itself, for a route that must commit mid-request and
+    answers failures without raising (the Segmind-compatible call, which waits for the
+    job): whatever it did not commit is rolled back."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+ExplicitSession = Annotated[Session, Depends(get_explicit_session, scope="function")]
 CurrentTenant = Annotated[Tenant, Depends(current_tenant)]
 CurrentStorage = Annotated[Storage, Depends(get_storage)]

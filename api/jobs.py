@@ -174,11 +174,13 @@ async def create_job(
     view = service.job_view(job, storage)
     location = f"/v1/jobs/{job.id}"
     await run_in_threadpool(remember, db, tenant.id, key, 202, view, location)
-    await run_in_threadpool(db.commit)
     response.headers["Location"] = location
     wait = prefer_wait(request.headers.get("prefer"))
     if wait is None:
-        return view
+        return view  # the session dependency commits before this answer goes out
+    # Committed here, mid-request, not by the session dependency: the workers must see the
+    # job (and get its message, sent after the commit) before there is anything to wait for.
+    await run_in_threadpool(db.commit)
     # Prefer: wait=N (RFC 7240, as Replicate): the final job within N s, else the 202.
     response.headers["Preference-Applied"] = f"wait={wait}"
     done = await wait_for_job(tenant.id, job.id, wait)
@@ -236,7 +238,6 @@ def cancel_job(
 ) -> JobOut:
     """Queued and waiting jobs are cancelled; a running one is a 409 (it will finish)."""
     service.cancel_job(db, tenant.id, job_id)
-    db.commit()
     return service.job_view(service.get_job(db, tenant.id, job_id), storage)
 
 
@@ -251,5 +252,4 @@ def retry_job(
 ) -> JobOut:
     """Fresh attempts; a batch item goes back to its batch and runs within its window."""
     service.retry_job(db, tenant.id, job_id)
-    db.commit()
     return service.job_view(service.get_job(db, tenant.id, job_id), storage)

@@ -39,7 +39,6 @@ def create_schedule(
 ) -> ScheduleOut:
     """The answer shows the next run time (UTC) computed in the schedule's time zone."""
     schedule = service.create_schedule(db, tenant.id, spec, storage)
-    db.commit()
     response.headers["Location"] = f"/v1/schedules/{schedule.id}"
     return service.schedule_view(db, schedule)
 
@@ -81,7 +80,6 @@ def update_schedule(
 ) -> ScheduleOut:
     """A new cron or time zone moves the next run time."""
     schedule = service.update_schedule(db, tenant.id, schedule_id, spec, storage)
-    db.commit()
     return service.schedule_view(db, schedule)
 
 
@@ -94,7 +92,6 @@ def update_schedule(
 def delete_schedule(schedule_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> Response:
     """Its history goes with it; batches it created stay."""
     db.delete(service.get_schedule(db, tenant.id, schedule_id))
-    db.commit()
     return Response(status_code=204)
 
 
@@ -107,7 +104,6 @@ def delete_schedule(schedule_id: uuid.UUID, tenant: CurrentTenant, db: DbSession
 def pause(schedule_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> ScheduleOut:
     """No run fires until it is resumed."""
     schedule = service.pause(db, tenant.id, schedule_id)
-    db.commit()
     return service.schedule_view(db, schedule)
 
 
@@ -120,7 +116,6 @@ def pause(schedule_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> Sched
 def resume(schedule_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> ScheduleOut:
     """Fires from the next cron time on; missed times are not made up."""
     schedule = service.resume(db, tenant.id, schedule_id)
-    db.commit()
     return service.schedule_view(db, schedule)
 
 
@@ -136,7 +131,6 @@ def run_now(
 ) -> RunOut:
     """The overlap policy applies: the run may be skipped or queued."""
     run = service.run_now(db, tenant.id, schedule_id, storage, get_settings())
-    db.commit()
     return service.run_view(db, run)
 
 

@@ -36,7 +36,6 @@ def create_trigger(
 ) -> TriggerOut:
     """The answer shows the secret once (for standard-webhooks it is made here)."""
     trigger = service.create_trigger(db, tenant.id, spec)
-    db.commit()
     response.headers["Location"] = f"/v1/triggers/{trigger.name}"
     return service.trigger_view(trigger, with_secret=True)
 
@@ -63,7 +62,6 @@ def get_trigger(name: str, tenant: CurrentTenant, db: DbSession) -> TriggerOut:
 def delete_trigger(name: str, tenant: CurrentTenant, db: DbSession) -> Response:
     """Events sent to it afterwards get 404."""
     db.delete(service.get_trigger(db, tenant.id, name))
-    db.commit()
     return Response(status_code=204)
 
 
@@ -100,7 +98,6 @@ async def receive_event(
     accepted = await run_in_threadpool(
         service.receive, db, name, headers, body, get_settings().s3_bucket
     )
-    await run_in_threadpool(db.commit)
     if accepted.duplicate:
         response.status_code = 200
     return accepted

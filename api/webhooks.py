@@ -40,7 +40,6 @@ def create_endpoint(
 ) -> EndpointOut:
     """The answer carries the endpoint's signing secret (also at /endpoints/{id}/secret)."""
     endpoint = service.create_endpoint(db, tenant.id, spec)
-    db.commit()
     response.headers["Location"] = f"/v1/webhooks/endpoints/{endpoint.id}"
     return service.endpoint_view(endpoint, with_secret=True)
 
@@ -89,7 +88,6 @@ def rotate_endpoint_secret(
 ) -> SecretOut:
     """Deliveries from now on are signed with the new one; the old one stops at once."""
     secret = service.rotate_endpoint_secret(db, tenant.id, endpoint_id)
-    db.commit()
     return SecretOut(secret=secret)
 
 
@@ -104,7 +102,6 @@ def update_endpoint(
 ) -> EndpointOut:
     """Change url, event filter or description; enabled=true re-enables it."""
     endpoint = service.update_endpoint(db, tenant.id, endpoint_id, spec)
-    db.commit()
     return service.endpoint_view(endpoint)
 
 
@@ -117,7 +114,6 @@ def update_endpoint(
 def delete_endpoint(endpoint_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> Response:
     """Its pending deliveries are dropped with it."""
     service.delete_endpoint(db, tenant.id, endpoint_id)
-    db.commit()
     return Response(status_code=204)
 
 
@@ -131,7 +127,6 @@ def get_callback_secret(tenant: CurrentTenant, db: DbSession) -> SecretOut:
     """Deliveries to any callback_url of this tenant are signed with it; made on first use,
     by this call or the first delivery, whichever comes first."""
     secret = ensure_callback_secret(db, tenant.id)
-    db.commit()
     return SecretOut(secret=secret)
 
 
@@ -144,7 +139,6 @@ def get_callback_secret(tenant: CurrentTenant, db: DbSession) -> SecretOut:
 def rotate_callback_secret(tenant: CurrentTenant, db: DbSession) -> SecretOut:
     """Deliveries to callback_url from now on are signed with the new one."""
     secret = service.rotate_callback_secret(db, tenant.id)
-    db.commit()
     return SecretOut(secret=secret)
 
 
@@ -218,5 +212,4 @@ def get_delivery(delivery_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -
 def redeliver(delivery_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> DeliveryOut:
     """Same webhook-id (receivers can deduplicate), fresh round of retries."""
     delivery = service.redeliver(db, tenant.id, delivery_id)
-    db.commit()
     return delivery

@@ -142,7 +142,6 @@ def login(request: Request, db: DbSession, api_key: Annotated[str, Form()] = "")
         page = _page(request, "login.html", None, error="That API key is not valid.")
         page.status_code = 401
         return page
-    db.commit()
     response = RedirectResponse("/dashboard/batches", 303)
     secure = request.url.scheme == "https"
     response.set_cookie(
@@ -157,7 +156,6 @@ def logout(
 ) -> Response:
     _check_csrf(user, csrf_token)
     sessions.log_out(db, request.cookies.get(COOKIE))
-    db.commit()
     response = RedirectResponse("/dashboard/login", 303)
     response.delete_cookie(COOKIE, path="/dashboard")
     return response
@@ -298,7 +296,6 @@ def batch_retry(
 ) -> RedirectResponse:
     _check_csrf(user, csrf_token)
     batches.retry_failed(db, user.tenant.id, batch_id)
-    db.commit()
     return RedirectResponse(f"/dashboard/batches/{batch_id}", 303)
 
 
@@ -370,7 +367,6 @@ def job_retry(
 ) -> RedirectResponse:
     _check_csrf(user, csrf_token)
     jobs.retry_job(db, user.tenant.id, job_id)
-    db.commit()
     return RedirectResponse(f"/dashboard/jobs/{job_id}", 303)
 
 
