@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import uuid
 from collections.abc import Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,8 +19,6 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 from starlette.exceptions import HTTPException
 
 from api.batches import ManifestFormat, manifest_response
@@ -28,7 +27,7 @@ from relightq.batches import service as batches
 from relightq.batches.schemas import BatchOut, BatchStatus
 from relightq.errors import NotFound
 from relightq.jobs import service as jobs
-from relightq.jobs.models import Job, JobStatus
+from relightq.jobs.models import JobStatus
 from relightq.logs import note
 from relightq.settings import get_settings
 from relightq.storage import Storage
@@ -38,7 +37,6 @@ from relightq.tenants.sessions import LoggedIn
 from relightq.throttle.schemas import throttle_view
 from relightq.throttle.service import MANUAL, get_fleet, pause_fleet, resume_fleet
 from relightq.webhooks import service as webhooks
-from relightq.webhooks.models import WebhookEvent
 
 COOKIE = "relightq_session"
 GALLERY_PAGE = 60
@@ -176,7 +174,7 @@ def batch_list(
     # 100k-row upload gets its created_at long before it commits).
     known = batches.count_batches(db, user.tenant.id) if cursor is None else None
     found, next_cursor = batches.list_batches(db, user.tenant.id, cursor=cursor, limit=50)
-    views = [batches.batch_view(db, b) for b in found]
+    views = batches.batch_views(db, found)
     return _page(
         request,
         "batches.html",
@@ -195,14 +193,14 @@ def progress(user: User, db: DbSession, ids: str = "", known: int | None = None)
     if known is not None:
         # How many batches the list page has not shown: submitted since it loaded.
         answer["newer_batches"] = max(0, batches.count_batches(db, user.tenant.id) - known)
+    wanted: dict[uuid.UUID, str] = {}
     for raw in ids.split(",")[:100]:
-        try:
-            batch = batches.get_batch(db, user.tenant.id, uuid.UUID(raw))
-        except (ValueError, NotFound):
-            continue
-        view = batches.batch_view(db, batch)
+        with suppress(ValueError):
+            wanted.setdefault(uuid.UUID(raw), raw)
+    found = batches.get_batches(db, user.tenant.id, list(wanted))
+    for view in batches.batch_views(db, found):
         state, state_class = batch_state(view)
-        answer[raw] = {
+        answer[wanted[view.id]] = {
             "progress": view.progress,
             "status": view.status.value,
             "state": state,
@@ -257,15 +255,7 @@ def batch_page(
         batch = batches.get_batch(db, user.tenant.id, batch_id)
     except NotFound:
         return _not_found(request, user, "Batch")
-    rows = list(
-        db.scalars(
-            select(Job)
-            .where(Job.batch_id == batch.id, Job.batch_row > after)
-            .options(selectinload(Job.outputs))
-            .order_by(Job.batch_row)
-            .limit(GALLERY_PAGE)
-        )
-    )
+    rows = batches.gallery(db, batch.id, after, GALLERY_PAGE)
     items = [
         {
             "id": job.id,
@@ -339,17 +329,7 @@ def job_page(
         job = jobs.get_job(db, user.tenant.id, job_id)
     except NotFound:
         return _not_found(request, user, "Job")
-    event_ids = list(
-        db.scalars(
-            select(WebhookEvent.id).where(
-                WebhookEvent.tenant_id == user.tenant.id,
-                WebhookEvent.payload["data"]["id"].as_string() == str(job.id),
-            )
-        )
-    )
-    deliveries = []
-    for event_id in event_ids:
-        deliveries += webhooks.get_event(db, user.tenant.id, event_id).deliveries
+    deliveries = webhooks.job_deliveries(db, user.tenant.id, job.id)
     return _page(
         request,
         "job.html",

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from relightq.batches.models import Batch
 from relightq.batches.schemas import BatchSettings
-from relightq.batches.service import batch_view, create_batch
+from relightq.batches.service import batch_views, create_batch
 from relightq.batches.sources import RawItem, json_items, prefix_items
 from relightq.db import utcnow
 from relightq.errors import FieldProblem, InvalidInput, NotFound, RelightqError, RunExists
@@ -99,7 +99,7 @@ def run_view(session: Session, run: ScheduleRun) -> RunOut:
             select(Batch).where(Batch.schedule_run_id == run.id).order_by(Batch.created_at)
         )
     )
-    views = [batch_view(session, b) for b in batches]
+    views = batch_views(session, batches)
     # Read-only: a running run whose batches are all completed shows how it ended; the
     # tick records that (reads never write).
     status = RunStatus(run.status)

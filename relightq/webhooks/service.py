@@ -225,6 +225,17 @@ def get_event(session: Session, tenant_id: uuid.UUID, event_id: uuid.UUID) -> Ev
     return _event_view(session, event)
 
 
+def job_deliveries(session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> list[DeliveryOut]:
+    """Every delivery of every event about one job (its dashboard page lists them)."""
+    events = session.scalars(
+        select(WebhookEvent).where(
+            WebhookEvent.tenant_id == tenant_id,
+            WebhookEvent.payload["data"]["id"].as_string() == str(job_id),
+        )
+    )
+    return [delivery for event in events for delivery in _event_view(session, event).deliveries]
+
+
 def list_deliveries(
     session: Session,
     tenant_id: uuid.UUID,
