@@ -8,18 +8,18 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import IO, Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from api.bodies import read_json_object
+from api.bodies import BodyKind, SubmittedAs, read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
 from api.errors import authenticated
 from api.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_PARAMETER
-from api.idempotency import key_of, remember, replay_or_claim
+from api.idempotency import Idempotency, idempotency_for
 from relightq.batches import service
 from relightq.batches.schemas import (
     ALLOWED,
@@ -29,7 +29,7 @@ from relightq.batches.schemas import (
     BatchSettings,
     BatchUpdate,
 )
-from relightq.batches.sources import RawItem, csv_items, json_items, jsonl_items, prefix_items
+from relightq.batches.sources import RawItem, csv_items, jsonl_items
 from relightq.db import get_sessionmaker
 from relightq.errors import (
     BatchCancelled,
@@ -44,7 +44,6 @@ from relightq.errors import (
     field_problems,
     unstorable_field,
 )
-from relightq.jobs.service import foreign_subject_problem
 from relightq.json_input import parse_json
 from relightq.settings import get_settings
 from relightq.storage import Storage
@@ -137,13 +136,13 @@ def _store(
     source: str,
     items: Iterator[RawItem],
     storage: Storage,
-    key: str | None,
+    idempotency: Idempotency,
 ) -> BatchOut:
     """Validate and insert in one worker thread (with the idempotent answer); the session
     dependency commits."""
     batch = service.create_batch(db, tenant.id, spec, source, items, storage, get_settings())
     view = service.batch_view(db, batch)
-    remember(db, tenant.id, key, 202, view, f"/v1/batches/{batch.id}")
+    idempotency.remember(202, view, f"/v1/batches/{batch.id}")
     return view
 
 
@@ -154,6 +153,55 @@ def _file_digest(upload: UploadFile) -> str:
         digest.update(chunk)
     upload.file.seek(0)
     return digest.hexdigest()
+
+
+async def _from_json(
+    request: Request, db: Session, tenant: Tenant, storage: Storage, idempotency: Idempotency
+) -> BatchOut | JSONResponse:
+    limit = get_settings().max_request_bytes
+    too_large = (
+        f"a JSON batch may be at most {limit} bytes; send big catalogs as a CSV or "
+        "JSONL file (multipart field 'file') or an s3:// source"
+    )
+    body = await read_json_object(request, limit, too_large)
+    replay = await idempotency.replay_or_claim(body)
+    if replay is not None:
+        return replay
+    try:
+        create = BatchCreate.model_validate(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+    spec = BatchSettings.model_validate(create.model_dump(exclude={"items", "source"}))
+    source, items = service.source_items(db, tenant.id, create, storage)
+    return await run_in_threadpool(_store, db, tenant, spec, source, items, storage, idempotency)
+
+
+async def _from_multipart(
+    request: Request, db: Session, tenant: Tenant, storage: Storage, idempotency: Idempotency
+) -> BatchOut | JSONResponse:
+    # Starlette spools an uploaded file to disk past 1 MiB: it is never whole in memory.
+    form = await request.form(max_files=1, max_fields=32)
+    fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+    # Starlette decodes fields with whatever charset the request names (utf-7 can spell
+    # a lone surrogate) and NUL is valid UTF-8: the text is checked as JSON text is.
+    if problem := unstorable_field(fields):
+        raise InvalidInput([problem])
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InvalidInput([FieldProblem("file", "must be an uploaded file", ALLOWED["file"])])
+    if idempotency.key is not None:
+        digest = await run_in_threadpool(_file_digest, upload)
+        request_form = {**fields, "file": [upload.filename, digest]}
+        replay = await idempotency.replay_or_claim(request_form)
+        if replay is not None:
+            return replay
+    file_format = _file_format(upload, fields.pop("format", None))
+    spec = _form_settings(fields)
+    binary: IO[bytes] = upload.file
+    items = csv_items(binary) if file_format == "csv" else jsonl_items(binary)
+    return await run_in_threadpool(
+        _store, db, tenant, spec, file_format, items, storage, idempotency
+    )
 
 
 @router.post(
@@ -176,63 +224,19 @@ async def create_batch(
     tenant: CurrentTenant,
     db: DbSession,
     storage: CurrentStorage,
+    kind: SubmittedAs,
+    idempotency: Annotated[Idempotency, Depends(idempotency_for(ENDPOINT))],
 ) -> BatchOut | JSONResponse:
     """Every row is validated; a bad row rejects the whole batch unless skip_invalid.
 
     With an ``Idempotency-Key`` header, a retry of the same request gets the first answer.
     """
-    settings = get_settings()
-    key = key_of(request.headers)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        limit = settings.max_request_bytes
-        too_large = (
-            f"a JSON batch may be at most {limit} bytes; send big catalogs as a CSV or "
-            "JSONL file (multipart field 'file') or an s3:// source"
-        )
-        body = await read_json_object(request, limit, too_large)
-        replay = await replay_or_claim(db, tenant.id, key, ENDPOINT, body)
-        if replay is not None:
-            return replay
-        try:
-            create = BatchCreate.model_validate(body)
-        except ValidationError as exc:
-            raise _invalid(exc) from exc
-        spec = BatchSettings.model_validate(create.model_dump(exclude={"items", "source"}))
-        if create.source is not None:
-            foreign = foreign_subject_problem(db, tenant.id, create.source, storage.bucket)
-            if foreign:
-                raise InvalidInput([FieldProblem("source", foreign.message, ALLOWED["source"])])
-            items = prefix_items(storage, create.source)
-            source = create.source
-        else:
-            items = json_items(create.items or [])
-            source = "json"
-        view = await run_in_threadpool(_store, db, tenant, spec, source, items, storage, key)
-    elif content_type == "multipart/form-data":
-        # Starlette spools an uploaded file to disk past 1 MiB: it is never whole in memory.
-        form = await request.form(max_files=1, max_fields=32)
-        fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
-        # Starlette decodes fields with whatever charset the request names (utf-7 can spell
-        # a lone surrogate) and NUL is valid UTF-8: the text is checked as JSON text is.
-        if problem := unstorable_field(fields):
-            raise InvalidInput([problem])
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidInput([FieldProblem("file", "must be an uploaded file", ALLOWED["file"])])
-        if key is not None:
-            digest = await run_in_threadpool(_file_digest, upload)
-            request_form = {**fields, "file": [upload.filename, digest]}
-            replay = await replay_or_claim(db, tenant.id, key, ENDPOINT, request_form)
-            if replay is not None:
-                return replay
-        file_format = _file_format(upload, fields.pop("format", None))
-        spec = _form_settings(fields)
-        binary: IO[bytes] = upload.file
-        items = csv_items(binary) if file_format == "csv" else jsonl_items(binary)
-        view = await run_in_threadpool(_store, db, tenant, spec, file_format, items, storage, key)
+    if kind == BodyKind.JSON:
+        view = await _from_json(request, db, tenant, storage, idempotency)
     else:
-        raise UnsupportedMediaType
+        view = await _from_multipart(request, db, tenant, storage, idempotency)
+    if isinstance(view, JSONResponse):
+        return view  # the first answer to this Idempotency-Key
     response.headers["Location"] = f"/v1/batches/{view.id}"
     return view
 
@@ -251,7 +255,7 @@ def list_batches(
 ) -> BatchPage:
     """Keyset-paginated: follow ``next_cursor`` until it is null."""
     batches, next_cursor = service.list_batches(db, tenant.id, cursor, limit)
-    return BatchPage(items=[service.batch_view(db, b) for b in batches], next_cursor=next_cursor)
+    return BatchPage(items=service.batch_views(db, batches), next_cursor=next_cursor)
 
 
 @router.get(

@@ -1,13 +1,15 @@
-"""Reading JSON request bodies with one set of answers for what is wrong with them."""
+"""Request bodies: which kind a create route was sent, and reading JSON ones with one set
+of answers for what is wrong with them."""
 
 from __future__ import annotations
 
-from typing import Any
+from enum import StrEnum
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from relightq.errors import FieldProblem, InvalidInput, PayloadTooLarge
+from relightq.errors import FieldProblem, InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from relightq.json_input import parse_json
 
 
@@ -31,3 +33,22 @@ async def read_json_object(
     if not isinstance(parsed, dict):
         raise InvalidInput([FieldProblem("body", "must be a JSON object", "a JSON object")])
     return parsed
+
+
+class BodyKind(StrEnum):
+    """The bodies the create routes take."""
+
+    JSON = "application/json"
+    MULTIPART = "multipart/form-data"
+
+
+def body_kind(request: Request) -> BodyKind:
+    """Content negotiation for the create routes: a JSON or a multipart body, else 415."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        return BodyKind(content_type)
+    except ValueError:
+        raise UnsupportedMediaType from None
+
+
+SubmittedAs = Annotated[BodyKind, Depends(body_kind)]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from api.deps import CurrentTenant, DbSession
 from relightq.idempotency import service
 from relightq.idempotency.service import ALLOWED, HEADER
 
@@ -64,3 +68,31 @@ def remember(
     """Keep the answer with the key (same transaction as what the request created)."""
     if key is not None:
         service.complete(db, tenant_id, key, status_code, answer.model_dump(mode="json"), location)
+
+
+@dataclass
+class Idempotency:
+    """A create request's Idempotency-Key (if it sent one), bound to its tenant, session
+    and endpoint: the route claims it with the request's content, then stores its answer."""
+
+    db: Session
+    tenant_id: uuid.UUID
+    key: str | None
+    endpoint: str
+
+    async def replay_or_claim(self, request: Any) -> JSONResponse | None:
+        """The first answer to the key, or None once the key is claimed for ``request``."""
+        return await replay_or_claim(self.db, self.tenant_id, self.key, self.endpoint, request)
+
+    def remember(self, status_code: int, answer: BaseModel, location: str | None) -> None:
+        """Keep the answer with the key, in the transaction of what the request made."""
+        remember(self.db, self.tenant_id, self.key, status_code, answer, location)
+
+
+def idempotency_for(endpoint: str) -> Callable[..., Idempotency]:
+    """The dependency giving a create route on ``endpoint`` its Idempotency."""
+
+    def idempotency(request: Request, tenant: CurrentTenant, db: DbSession) -> Idempotency:
+        return Idempotency(db, tenant.id, key_of(request.headers), endpoint)
+
+    return idempotency

@@ -6,17 +6,18 @@ import hashlib
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from api.bodies import read_json_object
+from api.bodies import BodyKind, SubmittedAs, read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
 from api.errors import authenticated
 from api.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_PARAMETER
-from api.idempotency import key_of, remember, replay_or_claim
+from api.idempotency import Idempotency, idempotency_for, remember
 from api.waiting import prefer_wait, wait_for_job
 from relightq.db import session_scope
 from relightq.errors import (
@@ -35,10 +36,12 @@ from relightq.errors import (
     unstorable_field,
 )
 from relightq.jobs import service
-from relightq.jobs.models import FINAL_STATUSES, JobStatus
+from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
 from relightq.jobs.schemas import ALLOWED, JobCreate, JobOptions, JobOut, JobPage
 from relightq.json_input import parse_json
 from relightq.settings import get_settings
+from relightq.storage import Storage
+from relightq.tenants.models import Tenant
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 ENDPOINT = "POST /v1/jobs"
@@ -99,6 +102,59 @@ async def _read_upload(upload: UploadFile | str | None, limit: int) -> bytes:
     return data
 
 
+async def _from_json(
+    request: Request, db: Session, tenant: Tenant, idempotency: Idempotency
+) -> Job | JSONResponse:
+    body = await read_json_object(request)
+    replay = await idempotency.replay_or_claim(body)
+    if replay is not None:
+        return replay
+    try:
+        job_request = JobCreate.model_validate(body)
+    except ValidationError as exc:
+        raise _invalid(exc) from exc
+    bucket = get_settings().s3_bucket
+    return await run_in_threadpool(service.create_job, db, tenant.id, job_request, bucket)
+
+
+async def _from_multipart(
+    request: Request, db: Session, tenant: Tenant, storage: Storage, idempotency: Idempotency
+) -> Job | JSONResponse:
+    form = await request.form(max_files=1, max_fields=64)
+    fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+    # Starlette decodes fields with whatever charset the request names (utf-7 can spell
+    # a lone surrogate) and NUL is valid UTF-8: the text is checked as JSON text is.
+    if problem := unstorable_field(fields):
+        raise InvalidInput([problem])
+    upload = form.get("subject_image")
+    problems: list[FieldProblem] = []
+    if not isinstance(upload, UploadFile):
+        problems.append(
+            FieldProblem("subject_image", "must be an uploaded file", ALLOWED["subject_image"])
+        )
+    fields.pop("subject_image", None)
+    data = await _read_upload(upload, get_settings().max_upload_bytes)
+    request_form = {**fields, "subject_image": hashlib.sha256(data).hexdigest()}
+    replay = await idempotency.replay_or_claim(request_form)
+    if replay is not None:
+        return replay
+    if isinstance(fields.get("metadata"), str):
+        try:
+            fields["metadata"] = parse_json(fields["metadata"], "metadata", ALLOWED["metadata"])
+        except InvalidInput as exc:
+            problems.extend(exc.fields)
+            fields.pop("metadata")
+    try:
+        options = JobOptions.model_validate(fields)
+    except ValidationError as exc:
+        problems.extend(field_problems(exc.errors(), ALLOWED))
+    if problems:
+        raise InvalidInput(problems)
+    return await run_in_threadpool(
+        service.create_job_with_upload, db, tenant.id, options, data, storage
+    )
+
+
 @router.post(
     "",
     status_code=202,
@@ -113,6 +169,8 @@ async def create_job(
     tenant: CurrentTenant,
     db: DbSession,
     storage: CurrentStorage,
+    kind: SubmittedAs,
+    idempotency: Annotated[Idempotency, Depends(idempotency_for(ENDPOINT))],
 ) -> JobOut | JSONResponse:
     """Validate everything first, store nothing for a rejected request, answer 202.
 
@@ -120,60 +178,15 @@ async def create_job(
     (``Idempotent-Replayed: true``) and creates nothing more. With ``Prefer: wait=N``
     (N up to 60) the answer waits up to N seconds: 200 with the final job, else 202.
     """
-    settings = get_settings()
-    key = key_of(request.headers)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "application/json":
-        body = await read_json_object(request)
-        replay = await replay_or_claim(db, tenant.id, key, ENDPOINT, body)
-        if replay is not None:
-            return replay
-        try:
-            job_request = JobCreate.model_validate(body)
-        except ValidationError as exc:
-            raise _invalid(exc) from exc
-        job = await run_in_threadpool(
-            service.create_job, db, tenant.id, job_request, settings.s3_bucket
-        )
-    elif content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=64)
-        fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
-        # Starlette decodes fields with whatever charset the request names (utf-7 can spell
-        # a lone surrogate) and NUL is valid UTF-8: the text is checked as JSON text is.
-        if problem := unstorable_field(fields):
-            raise InvalidInput([problem])
-        upload = form.get("subject_image")
-        problems: list[FieldProblem] = []
-        if not isinstance(upload, UploadFile):
-            problems.append(
-                FieldProblem("subject_image", "must be an uploaded file", ALLOWED["subject_image"])
-            )
-        fields.pop("subject_image", None)
-        data = await _read_upload(upload, settings.max_upload_bytes)
-        request_form = {**fields, "subject_image": hashlib.sha256(data).hexdigest()}
-        replay = await replay_or_claim(db, tenant.id, key, ENDPOINT, request_form)
-        if replay is not None:
-            return replay
-        if isinstance(fields.get("metadata"), str):
-            try:
-                fields["metadata"] = parse_json(fields["metadata"], "metadata", ALLOWED["metadata"])
-            except InvalidInput as exc:
-                problems.extend(exc.fields)
-                fields.pop("metadata")
-        try:
-            options = JobOptions.model_validate(fields)
-        except ValidationError as exc:
-            problems.extend(field_problems(exc.errors(), ALLOWED))
-        if problems:
-            raise InvalidInput(problems)
-        job = await run_in_threadpool(
-            service.create_job_with_upload, db, tenant.id, options, data, storage
-        )
+    if kind == BodyKind.JSON:
+        job = await _from_json(request, db, tenant, idempotency)
     else:
-        raise UnsupportedMediaType
+        job = await _from_multipart(request, db, tenant, storage, idempotency)
+    if isinstance(job, JSONResponse):
+        return job  # the first answer to this Idempotency-Key
     view = service.job_view(job, storage)
     location = f"/v1/jobs/{job.id}"
-    await run_in_threadpool(remember, db, tenant.id, key, 202, view, location)
+    await run_in_threadpool(idempotency.remember, 202, view, location)
     response.headers["Location"] = location
     wait = prefer_wait(request.headers.get("prefer"))
     if wait is None:
@@ -188,7 +201,7 @@ async def create_job(
     if done.status in FINAL_STATUSES:
         response.status_code = 200
         # A retry with the same key must get this answer, not the 202 stored with the job.
-        await run_in_threadpool(_remember_again, tenant.id, key, final, location)
+        await run_in_threadpool(_remember_again, tenant.id, idempotency.key, final, location)
     return final
 
 
