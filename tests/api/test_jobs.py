@@ -101,6 +101,20 @@ def test_unsupported_content_type_is_a_415(api: httpx.Client) -> None:
     assert response.status_code == 415
 
 
+@pytest.mark.parametrize("path", ["/v1/jobs", "/v1/batches"])
+def test_both_create_routes_negotiate_alike_with_the_key_checked_first(
+    api: httpx.Client, services: Services, path: str
+) -> None:
+    plain = {"content-type": "text/plain", "Idempotency-Key": f"k-{uuid.uuid4()}"}
+
+    refused = api.post(path, content="x", headers=plain)
+    anonymous = httpx.post(f"{services.api}{path}", content="x", headers=plain)
+
+    assert refused.status_code == 415
+    assert refused.json()["error"]["code"] == "unsupported_media_type"
+    assert anonymous.status_code == 401
+
+
 def test_multipart_upload_is_accepted_and_stored_as_the_subject(
     api: httpx.Client, tenant: TenantKey
 ) -> None:
