@@ -1,4 +1,5 @@
-"""Idempotency-Key for the routes that create things (SPEC §3)."""
+"""Idempotency-Key for the routes that create things (docs/concepts/jobs.md, "Idempotent
+submission")."""
 
 from __future__ import annotations
 

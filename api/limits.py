@@ -1,4 +1,5 @@
-"""A request body cap enforced before the body is read (SPEC §2.5: oversized -> 413)."""
+"""A request body cap enforced before the body is read (docs/reference/guarantees.md,
+guarantee 5: an oversized body is a 413)."""
 
 from __future__ import annotations
 

@@ -45,11 +45,7 @@ def test_code_cites_the_reference_pages_not_an_outside_spec() -> None:
             for number, line in enumerate(source.read_text().splitlines(), 1):
                 if re.search(r"\bSPEC\b", line) and source != Path(__file__):
                     cited.append(f"{source.relative_to(ROOT)}:{number}")
-    # Files under other work in progress (the API's error catalogue) keep their citations
-    # until that work lands; then empty this and fix what it finds.
-    pending = ("api/limits.py", "api/idempotency.py")
-    unexpected = [place for place in cited if not place.startswith(pending)]
-    assert not unexpected, f"cite docs/reference/guarantees.md or upstream.md instead: {unexpected}"
+    assert not cited, f"cite docs/reference/guarantees.md or upstream.md instead: {cited}"
 
 
 def test_readme_is_short_and_starts_with_the_two_commands() -> None:

@@ -224,7 +224,8 @@ def update_schedule(
         action = spec.action.model_dump(mode="json")
         if action.get("source") != schedule.action.get("source"):
             # What was seen was under the old prefix: under a new one every object is new.
-            # New parameters alone do not resend what was already relit (README).
+            # New parameters alone do not resend what was already relit
+            # (docs/concepts/schedules.md).
             session.execute(delete(ScheduleObject).where(ScheduleObject.schedule_id == schedule.id))
         schedule.action = action
     for name in ("name", "cron", "timezone", "overlap"):
