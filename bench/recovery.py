@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from relightq.settings import Settings
-from tests.chaos.harness import Deployment, deployment, submit, wait_final
+from tests.chaos.harness import Deployment, default_settings, deployment, submit, wait_final
 
 CAP = 4
 
@@ -165,7 +164,7 @@ def main() -> None:
     )
     parser.add_argument("--latency", type=float, default=3.0)
     args = parser.parse_args()
-    defaults = Settings()
+    defaults = default_settings()
     workdir = Path(tempfile.mkdtemp(prefix="relightq-bench-"))
     with deployment(workdir, workers=2) as d:
         results: dict[str, Any] = {

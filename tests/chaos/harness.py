@@ -31,6 +31,7 @@ import redis
 from moto.server import ThreadedMotoServer
 
 from relightq.serving import free_port
+from relightq.settings import Settings
 from tests.support.private_postgres import PrivatePostgres
 
 RELIGHTQ = str(Path(sys.executable).with_name("relightq"))
@@ -173,6 +174,18 @@ class Deployment:
 
 
 SHARED_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def default_settings() -> Settings:
+    """relightq's settings as a deployment of this harness gets them: the defaults, with
+    no RELIGHTQ_* variable of this process (the test suite sets some) and no .env file."""
+    saved = {
+        name: os.environ.pop(name) for name in list(os.environ) if name.startswith("RELIGHTQ_")
+    }
+    try:
+        return Settings(_env_file=None)  # type: ignore[call-arg]
+    finally:
+        os.environ.update(saved)
 
 
 @contextmanager

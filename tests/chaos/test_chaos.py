@@ -17,12 +17,19 @@ from typing import Any
 import httpx
 import pytest
 
-from relightq.settings import Settings
-from tests.chaos.harness import BUCKET, Deployment, deployment, submit, wait_final
+from tests.chaos.harness import (
+    BUCKET,
+    Deployment,
+    default_settings,
+    deployment,
+    submit,
+    wait_final,
+)
 from tests.support.private_postgres import PrivatePostgres, require_private_postgres
 
 CAP = 4
-DEFAULTS = Settings()
+# What the deployment runs with (this process has the suite's RELIGHTQ_* variables).
+DEFAULTS = default_settings()
 # A job held by a worker that died is taken over within this, at defaults
 # (docs/reference/guarantees.md, guarantee 7).
 TAKEOVER_SECONDS = 45
