@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from api.bodies import BodyKind, SubmittedAs, read_json_object
+from api.bodies import BodyKind, SubmittedAs, read_form, read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
 from api.errors import authenticated
 from api.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_PARAMETER
@@ -42,7 +42,6 @@ from relightq.errors import (
     TooManyItems,
     UnsupportedMediaType,
     field_problems,
-    unstorable_field,
 )
 from relightq.json_input import parse_json
 from relightq.settings import get_settings
@@ -179,13 +178,7 @@ async def _from_json(
 async def _from_multipart(
     request: Request, db: Session, tenant: Tenant, storage: Storage, idempotency: Idempotency
 ) -> BatchOut | JSONResponse:
-    # Starlette spools an uploaded file to disk past 1 MiB: it is never whole in memory.
-    form = await request.form(max_files=1, max_fields=32)
-    fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
-    # Starlette decodes fields with whatever charset the request names (utf-7 can spell
-    # a lone surrogate) and NUL is valid UTF-8: the text is checked as JSON text is.
-    if problem := unstorable_field(fields):
-        raise InvalidInput([problem])
+    form, fields = await read_form(request, max_fields=32)
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise InvalidInput([FieldProblem("file", "must be an uploaded file", ALLOWED["file"])])

@@ -8,8 +8,15 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
 
-from relightq.errors import FieldProblem, InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from relightq.errors import (
+    FieldProblem,
+    InvalidInput,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    unstorable_field,
+)
 from relightq.json_input import parse_json
 
 
@@ -33,6 +40,19 @@ async def read_json_object(
     if not isinstance(parsed, dict):
         raise InvalidInput([FieldProblem("body", "must be a JSON object", "a JSON object")])
     return parsed
+
+
+async def read_form(request: Request, max_fields: int) -> tuple[FormData, dict[str, Any]]:
+    """A multipart body with at most one file: the form, and its text fields checked as
+    JSON text is (422 naming the field that holds NUL or a lone surrogate)."""
+    # Starlette spools an uploaded file to disk past 1 MiB: it is never whole in memory.
+    form = await request.form(max_files=1, max_fields=max_fields)
+    fields = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
+    # Starlette decodes fields with whatever charset the request names (utf-7 can spell
+    # a lone surrogate), and NUL is valid UTF-8.
+    if problem := unstorable_field(fields):
+        raise InvalidInput([problem])
+    return form, fields
 
 
 class BodyKind(StrEnum):

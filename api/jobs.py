@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from api.bodies import BodyKind, SubmittedAs, read_json_object
+from api.bodies import BodyKind, SubmittedAs, read_form, read_json_object
 from api.deps import CurrentStorage, CurrentTenant, DbSession
 from api.errors import authenticated
 from api.idempotency import OPENAPI_PARAMETER as IDEMPOTENCY_PARAMETER
@@ -33,7 +33,6 @@ from relightq.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
     field_problems,
-    unstorable_field,
 )
 from relightq.jobs import service
 from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
@@ -120,12 +119,7 @@ async def _from_json(
 async def _from_multipart(
     request: Request, db: Session, tenant: Tenant, storage: Storage, idempotency: Idempotency
 ) -> Job | JSONResponse:
-    form = await request.form(max_files=1, max_fields=64)
-    fields: dict[str, Any] = {k: v for k, v in form.items() if not isinstance(v, UploadFile)}
-    # Starlette decodes fields with whatever charset the request names (utf-7 can spell
-    # a lone surrogate) and NUL is valid UTF-8: the text is checked as JSON text is.
-    if problem := unstorable_field(fields):
-        raise InvalidInput([problem])
+    form, fields = await read_form(request, max_fields=64)
     upload = form.get("subject_image")
     problems: list[FieldProblem] = []
     if not isinstance(upload, UploadFile):
