@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import IO, Annotated, Any, NoReturn
@@ -237,7 +238,29 @@ def _json_batch(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return body | settings | {"defaults": file_defaults | settings["defaults"]}
 
 
+# What --watch does, for both commands that take it (their help ends with it).
+WATCH_HELP = """
+
+With --watch: exit 0 once the batch completes, even if some items failed (the count is
+shown; list them with `relightq batch results ID --errors`), 1 if it was cancelled, 130
+on Ctrl-C, which stops watching, not the batch.
+
+While watching, an API that answers 503 (database down), 429 (rate limited) or a
+gateway's 502/504, or that cannot be reached (restarting), is waited out: Retry-After
+is honoured (at most 60 s; backoff of 1-30 s without one) and each retry is noted on
+stderr. After --give-up-after seconds of one continuous outage (default 600; 0 waits
+forever) the watch exits 75: the batch goes on, its end unknown; resume with
+`relightq batch status ID --watch`.
+"""
+
+
+def _with_watch_help(command: Callable[..., None]) -> Callable[..., None]:
+    command.__doc__ = (command.__doc__ or "").rstrip() + WATCH_HELP
+    return command
+
+
 @batch_app.command()
+@_with_watch_help
 def submit(
     source: Annotated[
         str,
@@ -292,16 +315,6 @@ def submit(
     Every row is checked first: one bad row rejects the whole batch (nothing is stored)
     unless --skip-invalid.
 
-    With --watch: exit 0 once the batch completes, even if some items failed (the count is
-    shown; list them with `relightq batch results ID --errors`), 1 if it was cancelled, 130
-    on Ctrl-C, which stops watching, not the batch.
-
-    While watching, an API that answers 503 (database down), 429 (rate limited) or a
-    gateway's 502/504, or that cannot be reached (restarting), is waited out: Retry-After
-    is honoured (at most 60 s; backoff of 1-30 s without one) and each retry is noted on
-    stderr. After --give-up-after seconds of one continuous outage (default 600; 0 waits
-    forever) the watch exits 75: the batch goes on, its end unknown; resume with
-    `relightq batch status ID --watch`.
     """
     settings: dict[str, Any] = {"defaults": job_fields_from(prompt, set_ or [])}
     optional = {
@@ -339,6 +352,7 @@ def submit(
 
 
 @batch_app.command()
+@_with_watch_help
 def status(
     batch_id: BatchId,
     watch: Watch = False,
@@ -348,19 +362,7 @@ def status(
     api_key: ApiKey,
     api_url: ApiUrl = DEFAULT_API_URL,
 ) -> None:
-    """Show a batch: counts, credits, ETA.
-
-    With --watch: exit 0 once the batch completes, even if some items failed (the count is
-    shown; list them with `relightq batch results ID --errors`), 1 if it was cancelled, 130
-    on Ctrl-C, which stops watching, not the batch.
-
-    While watching, an API that answers 503 (database down), 429 (rate limited) or a
-    gateway's 502/504, or that cannot be reached (restarting), is waited out: Retry-After
-    is honoured (at most 60 s; backoff of 1-30 s without one) and each retry is noted on
-    stderr. After --give-up-after seconds of one continuous outage (default 600; 0 waits
-    forever) the watch exits 75: the batch goes on, its end unknown; resume with
-    `relightq batch status ID --watch`.
-    """
+    """Show a batch: counts, credits, ETA."""
     with api_client(api_url, api_key) as client:
         if not watch:
             show_batch(client.get_batch(batch_id))
