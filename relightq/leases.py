@@ -177,16 +177,26 @@ class LeaseKeeper:
     @contextmanager
     def holding(self, table: LeasedTable, row_id: uuid.UUID, token: uuid.UUID) -> Iterator[Lease]:
         """Keep renewing the lease ``token`` on ``row_id`` until the block ends."""
+        lease = self.hold(table, row_id, token)
+        try:
+            yield lease
+        finally:
+            self.drop(lease)
+
+    def hold(self, table: LeasedTable, row_id: uuid.UUID, token: uuid.UUID) -> Lease:
+        """Keep renewing the lease ``token`` on ``row_id`` until :meth:`drop` (work that
+        outlives the thread which claimed it, such as a v2 request being polled)."""
         # Counted from before the claim's commit: the row's expiry is no earlier than this.
         lease = Lease(table, row_id, token, time.monotonic() + self.lease_seconds - 1)
         self.start()
         with self._lock:
             self._held[token] = lease
-        try:
-            yield lease
-        finally:
-            with self._lock:
-                self._held.pop(token, None)
+        return lease
+
+    def drop(self, lease: Lease) -> None:
+        """Stop renewing ``lease`` (its row was written, handed back or taken over)."""
+        with self._lock:
+            self._held.pop(lease.token, None)
 
     def held(self) -> list[Lease]:
         """The leases this process holds now."""
@@ -300,9 +310,10 @@ class LeaseKeeper:
             log.warning("took over %d rows held by a dead worker on this host", count)
         return count
 
-    def abandon(self) -> int:
-        """Hand every held row back at once (a forced shutdown): its lease ends now."""
-        leases = self.held()
+    def abandon(self, leases: list[Lease] | None = None) -> int:
+        """Hand every held row (or just ``leases``) back at once: its lease ends now
+        (a forced shutdown; v2 requests being polled, when a worker stops)."""
+        leases = self.held() if leases is None else leases
         if not leases:
             return 0
         with session_scope() as session:
@@ -328,7 +339,7 @@ class LeaseKeeper:
                     LEASES_RECOVERED.labels(table.name, "handed_back").inc(len(ids))
         for lease in leases:
             lease.taken = True
-        log.warning("handed back %d held rows on a forced shutdown", len(leases))
+        log.warning("handed back %d held rows", len(leases))
         return len(leases)
 
 

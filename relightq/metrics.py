@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -40,6 +40,23 @@ LEASES_RECOVERED = Counter(
     "Jobs and webhook deliveries this process sent back to the queue from a worker that "
     "died (lease expired), died on this host (dead_holder) or stopped (handed_back)",
     ["table", "how"],
+)
+
+UPSTREAM_REQUESTS_POLLED = Gauge(
+    "relightq_upstream_requests_polled",
+    "Segmind v2 requests this worker process is polling (submitted, not yet collected)",
+)
+UPSTREAM_RECEIPT_SECONDS = Histogram(
+    "relightq_upstream_receipt_seconds",
+    "Segmind v2: from the submit's answer to its request id committed in PostgreSQL (the "
+    "only window in which a killed worker can still make a job pay twice)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+UPSTREAM_POLLS = Counter(
+    "relightq_upstream_polls_total",
+    "Segmind v2 status polls by what they found (QUEUED, PROCESSING, COMPLETED, FAILED, "
+    "lost, error)",
+    ["state"],
 )
 
 

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 from functools import lru_cache
 from itertools import pairwise
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +62,16 @@ class Settings(BaseSettings):
     simulator_url: str = "http://127.0.0.1:8090"
     # Segmind bills per call in dollars-as-credits; the price used for a job's credits_used.
     segmind_credits_per_image: float = 0.037
+    # Which Segmind API a job's call goes through (docs/concepts/upstream-modes.md).
+    # "v1": one blocking call per job, a worker thread waiting ~30 s on it. "v2": Segmind's
+    # queue: the submit answers a request id at once, committed before anything else, and
+    # the worker polls without holding a thread; a worker killed after the submit never
+    # pays for the job again.
+    segmind_api_version: Literal["v1", "v2"] = "v1"
+    # v2: a request is polled after a fifth of its age, never sooner than this ...
+    segmind_poll_min_seconds: float = Field(default=0.5, gt=0)
+    # ... and never later than this (Segmind's calls take about 30 s).
+    segmind_poll_max_seconds: float = Field(default=30.0, gt=0)
 
     # Read timeout of one upstream call.
     segmind_timeout_seconds: float = 120.0

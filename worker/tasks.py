@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from relightq.broker import TaskName, broker_backlog, get_celery
 from relightq.db import get_sessionmaker, session_scope, utcnow
-from relightq.jobs.runner import RunnerDeps, run_job
+from relightq.jobs.runner import RunnerDeps, hand_back_requests, run_job
 from relightq.jobs.sweeper import LEASED_TABLES, sweep
 from relightq.leases import LeaseKeeper, drain_then_exit
 from relightq.schedules.service import tick
@@ -85,6 +85,15 @@ def _drain(**_: object) -> None:
     """SIGTERM (Kubernetes, docker compose stop): finish the calls on the wire, hand the
     rest back; a second SIGTERM or the grace period ends the process."""
     _stop_handler()()
+    # v2 requests run on at Segmind without this process: another worker polls them.
+    try:
+        handed = hand_back_requests(_deps())
+    except SQLAlchemyError as exc:
+        # Their leases run out instead, and are re-published then.
+        log.warning("could not hand back the requests being polled: %s", type(exc).__name__)
+    else:
+        if handed:
+            log.warning("handed back %d Segmind requests being polled", handed)
 
 
 @app.task(name=TaskName.RELIGHT_RUN.value, **DB_RETRY)

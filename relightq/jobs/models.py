@@ -120,6 +120,14 @@ class Job(Base):
     # same host can tell its dead predecessor's jobs and take them over at once.
     lease_holder: Mapped[str | None] = mapped_column(String(400), default=None)
     run_after: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Segmind v2: the request this job has paid for and waits on, committed as soon as the
+    # submit answers, so whichever worker runs the job next polls it instead of paying again.
+    upstream_request_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    upstream_status_url: Mapped[str | None] = mapped_column(Text, default=None)
+    upstream_response_url: Mapped[str | None] = mapped_column(Text, default=None)
+    upstream_submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Requests Segmind forgot (404 on status) that were submitted again: at most one.
+    upstream_resubmits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
@@ -175,5 +183,7 @@ class JobAttempt(Base):
     http_status: Mapped[int | None] = mapped_column(Integer, default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    # Segmind v2: the request this attempt submitted or polled.
+    upstream_request_id: Mapped[str | None] = mapped_column(String(200), default=None)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime())

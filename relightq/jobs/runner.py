@@ -8,6 +8,11 @@ the row with a lease, which this process's lease keeper renews until the run end
 for a fleet slot (concurrency and per-minute caps); call Segmind; free the slot; write the
 outcome only while the lease is still ours. A worker told to stop (SIGTERM) finishes the
 calls already on the wire and hands every other job back to the queue at once.
+
+With Segmind's v2 API (RELIGHTQ_SEGMIND_API_VERSION=v2) the call is a submit that answers
+a request id at once. The id is committed before anything else; from then on the job is
+never submitted again: the process's poller polls it (no thread waits), and if the worker
+dies or stops, whichever worker claims the job next resumes polling the same request.
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
@@ -38,16 +43,25 @@ from relightq.jobs.models import (
     JobStatus,
     UpstreamState,
 )
+from relightq.jobs.polling import Poller
 from relightq.jobs.service import JOB_LEASES, cancelled_values, output_key, publish_job
 from relightq.leases import Lease, LeaseKeeper
 from relightq.logs import bind, bound
-from relightq.metrics import observe_upstream
-from relightq.segmind.client import RelightResult, SegmindClient, SubjectUpload, sniff_image_type
+from relightq.metrics import UPSTREAM_POLLS, UPSTREAM_RECEIPT_SECONDS, observe_upstream
+from relightq.segmind.client import (
+    RelightResult,
+    SegmindClient,
+    SubjectUpload,
+    UpstreamRequest,
+    sniff_image_type,
+)
 from relightq.segmind.errors import (
     SegmindError,
     SegmindOutOfCredits,
     SegmindRateLimited,
     SegmindRejected,
+    SegmindRequestFailed,
+    SegmindRequestLost,
     SegmindUnauthorized,
 )
 from relightq.segmind.params import EXTENSIONS, RelightParams
@@ -86,6 +100,10 @@ class Claim:
     subject_image: str
     batch_id: uuid.UUID | None = None
     output_template: str | None = None
+    # v2: the request an earlier run submitted, to poll instead of submitting again.
+    request: UpstreamRequest | None = None
+    submitted_at: datetime | None = None
+    resubmits: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,12 @@ class RunnerDeps:
     storage: Storage
     fleet: Fleet
     keeper: LeaseKeeper
+    poller: Poller = field(default_factory=Poller)
+
+    @property
+    def uses_v2(self) -> bool:
+        """Jobs are submitted to Segmind's v2 queue and polled."""
+        return self.settings.segmind_api_version == "v2"
 
 
 @dataclass(frozen=True)
@@ -106,6 +130,7 @@ class CallRecord:
     started_at: datetime
     http_status: int | None
     error: SegmindError | None = None
+    request_id: str | None = None
 
 
 def claim(
@@ -130,7 +155,10 @@ def claim(
         )
         .values(
             status=JobStatus.RUNNING,
-            attempts=Job.attempts + 1,
+            # Resuming the poll of a request already paid for is not another attempt.
+            attempts=case(
+                (Job.upstream_request_id.is_(None), Job.attempts + 1), else_=Job.attempts
+            ),
             lease_token=token,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             lease_holder=holder,
@@ -147,10 +175,20 @@ def claim(
             Job.subject_image,
             Job.batch_id,
             Job.output_template,
+            Job.upstream_request_id,
+            Job.upstream_status_url,
+            Job.upstream_response_url,
+            Job.upstream_submitted_at,
+            Job.upstream_resubmits,
         )
     ).one_or_none()
     if row is None:
         return None
+    request = None
+    if row.upstream_request_id is not None:
+        request = UpstreamRequest(
+            row.upstream_request_id, row.upstream_status_url, row.upstream_response_url
+        )
     return Claim(
         job_id,
         row.tenant_id,
@@ -161,22 +199,40 @@ def claim(
         row.subject_image,
         row.batch_id,
         row.output_template,
+        request,
+        row.upstream_submitted_at,
+        row.upstream_resubmits,
     )
 
 
 def park_for_pause(session: Session, job_id: uuid.UUID, reason: str) -> bool:
-    """Mark a not-yet-running job as waiting for the fleet; resuming wakes it. No attempt used."""
+    """Mark a not-yet-running job as waiting for the fleet; resuming wakes it. No attempt used.
+
+    A job with a v2 request already submitted is not parked: its request runs at Segmind
+    whatever the fleet's state, and polling it costs nothing.
+    """
     done = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]))
-        .where(Job.run_after.is_(None))
+        .where(Job.run_after.is_(None), Job.upstream_request_id.is_(None))
         .values(status=JobStatus.WAITING, waiting_reason=reason, updated_at=utcnow())
     )
     return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
-def _owned_update(claim_: Claim, **values: Any) -> Any:
-    """An UPDATE that only lands while this worker still holds the lease."""
+_NO_REQUEST = {
+    "upstream_request_id": None,
+    "upstream_status_url": None,
+    "upstream_response_url": None,
+    "upstream_submitted_at": None,
+}
+
+
+def _owned_update(claim_: Claim, *, keep_request: bool = False, **values: Any) -> Any:
+    """An UPDATE that only lands while this worker still holds the lease; it ends the
+    lease, and forgets the job's v2 request unless ``keep_request`` (still to collect)."""
+    if not keep_request:
+        values = {**_NO_REQUEST, **values}
     return (
         update(Job)
         .where(
@@ -229,8 +285,11 @@ def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
     if reason:
         # Parked once, not re-queued: a paused fleet must not spin messages.
         with session_scope() as session:
-            park_for_pause(session, job_id, reason)
-        return
+            parked = park_for_pause(session, job_id, reason)
+        if parked:
+            return
+        # Not parked: final, leased, not due, or a v2 request to go on polling; the
+        # claim tells them apart, and a job with nothing submitted waits at the slot.
     with session_scope() as session:
         claim_ = claim(session, job_id, keeper.lease_seconds, str(keeper.holder))
     if claim_ is None:
@@ -238,6 +297,10 @@ def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
         return
     bind(tenant_id=claim_.tenant_id, batch_id=claim_.batch_id)
     log.info("job %s claimed, attempt %d", job_id, claim_.attempts)
+    if deps.uses_v2 or claim_.request is not None:
+        # Also after a switch back to v1: a request already paid for is collected.
+        _run_v2(claim_, deps)
+        return
     with keeper.holding(JOB_LEASES, job_id, claim_.token) as lease:
         _run_claimed(claim_, lease, deps)
 
@@ -251,7 +314,20 @@ def _publish_again(job_id: uuid.UUID) -> None:
             publish_job(session, job_id, priority)
 
 
-def _run_claimed(claim_: Claim, lease: Lease, deps: RunnerDeps) -> None:
+@dataclass(frozen=True)
+class Cleared:
+    """A claimed job holding a fleet slot, with nothing left to stop its call."""
+
+    subject: str | SubjectUpload
+    params: RelightParams
+    gate: BatchGate
+
+
+def _cleared_for_call(
+    claim_: Claim, lease: Lease, slot: str, deps: RunnerDeps, slot_ttl: float | None = None
+) -> Cleared | None:
+    """Read the subject, wait for a slot, ask the batch; None when the job was given up
+    (its outcome recorded) instead of calling."""
     try:
         subject = _load_subject(claim_, deps.storage)
     except (StorageError, ValueError) as exc:
@@ -262,16 +338,19 @@ def _run_claimed(claim_: Claim, lease: Lease, deps: RunnerDeps) -> None:
             code="input_unreadable",
             message=f"could not read subject_image: {exc}",
         )
-        return
+        return None
     params = RelightParams.model_validate(claim_.params)
 
-    slot = str(uuid.uuid4())
     admission = wait_for_slot(
-        deps.fleet, slot, deps.settings.slot_wait_seconds, stop=deps.keeper.draining.is_set
+        deps.fleet,
+        slot,
+        deps.settings.slot_wait_seconds,
+        stop=deps.keeper.draining.is_set,
+        ttl_seconds=slot_ttl,
     )
     if not admission.admitted:
         _not_admitted(claim_, admission, deps)
-        return
+        return None
     # The batch is read once the slot is ours, just before the call: a cancel or a spent
     # budget while the item waited for its slot stops it here, so a cancelled batch makes
     # no more calls and a budget is overshot by at most the calls already in flight.
@@ -279,16 +358,25 @@ def _run_claimed(claim_: Claim, lease: Lease, deps: RunnerDeps) -> None:
     if gate.stop is not None:
         deps.fleet.release(slot)
         gate.stop()
-        return
+        return None
     # The last moment to give the job up without paying for a call.
     if lease.lost:
         deps.fleet.release(slot)
         log.warning("job %s: lease lost before the call; another worker has it", claim_.job_id)
-        return
+        return None
     if deps.keeper.draining.is_set():
         deps.fleet.release(slot)
         _hand_back(claim_)
+        return None
+    return Cleared(subject, params, gate)
+
+
+def _run_claimed(claim_: Claim, lease: Lease, deps: RunnerDeps) -> None:
+    slot = str(uuid.uuid4())
+    cleared = _cleared_for_call(claim_, lease, slot, deps)
+    if cleared is None:
         return
+    subject, params, gate = cleared.subject, cleared.params, cleared.gate
     started = utcnow()
     clock = time.monotonic()
     try:
@@ -310,6 +398,225 @@ def _run_claimed(claim_: Claim, lease: Lease, deps: RunnerDeps) -> None:
         # Whatever happens: a slot this process kept would be renewed by its heartbeat
         # forever and shrink the fleet's cap (releasing twice is harmless).
         deps.fleet.release(slot)
+
+
+@dataclass
+class PolledRequest:
+    """A v2 request this process polls for its job, holding the job's lease."""
+
+    claim: Claim
+    lease: Lease
+    slot: str
+    request: UpstreamRequest
+    submitted_at: datetime
+    started_at: datetime
+
+
+def _run_v2(claim_: Claim, deps: RunnerDeps) -> None:
+    """Submit the job (unless an earlier run did) and leave its request to the poller;
+    the task's thread is free again as soon as the request id is committed."""
+    keeper = deps.keeper
+    lease = keeper.hold(JOB_LEASES, claim_.job_id, claim_.token)
+    # One slot per claim: a request taken over from a dead worker is counted under the
+    # new holder's token at once, while the dead one's entry runs out on its own.
+    slot = f"request:{claim_.job_id}:{claim_.token}"
+    slot_ttl = 2 * keeper.lease_seconds
+    polled: PolledRequest | None
+    if claim_.request is not None:
+        deps.fleet.keep(slot, slot_ttl)
+        submitted = claim_.submitted_at or utcnow()
+        polled = PolledRequest(claim_, lease, slot, claim_.request, submitted, utcnow())
+        log.info("job %s: polling request %s again", claim_.job_id, claim_.request.request_id)
+    else:
+        polled = _submit(claim_, lease, slot, slot_ttl, deps)
+    if polled is None:
+        keeper.drop(lease)
+        return
+    deps.poller.track(lease, lambda: _poll(polled, deps), _next_poll(polled, deps.settings))
+
+
+def _submit(
+    claim_: Claim, lease: Lease, slot: str, slot_ttl: float, deps: RunnerDeps
+) -> PolledRequest | None:
+    cleared = _cleared_for_call(claim_, lease, slot, deps, slot_ttl)
+    if cleared is None:
+        return None
+    started = utcnow()
+    clock = time.monotonic()
+    try:
+        request = deps.client.submit(cleared.params, cleared.subject)
+    except SegmindError as exc:
+        observe_upstream(time.monotonic() - clock, exc.status, exc.code)
+        # Nothing was queued upstream: the same decisions as a v1 call's answer.
+        _handle_upstream_error(claim_, CallRecord(started, exc.status, exc), deps)
+        deps.fleet.release(slot)
+        return None
+    answered = time.monotonic()
+    observe_upstream(answered - clock, 200, None)
+    # The receipt first: until this commits, a crash would lose a paid request.
+    recorded = _record_submitted(claim_, request)
+    UPSTREAM_RECEIPT_SECONDS.observe(time.monotonic() - answered)
+    if not recorded:
+        deps.fleet.release(slot)
+        log.error(
+            "job %s: lease lost while submitting; request %s is Segmind's and nobody's",
+            claim_.job_id,
+            request.request_id,
+        )
+        return None
+    if request.remaining_credits is not None:
+        _note_balance(request.remaining_credits, deps)
+    log.info("job %s: submitted request %s", claim_.job_id, request.request_id)
+    return PolledRequest(claim_, lease, slot, request, utcnow(), started)
+
+
+@_outlive_db_restart
+def _record_submitted(claim_: Claim, request: UpstreamRequest) -> bool:
+    now = utcnow()
+    with session_scope() as session:
+        done = session.execute(
+            update(Job)
+            .where(
+                Job.id == claim_.job_id,
+                Job.lease_token == claim_.token,
+                Job.status == JobStatus.RUNNING,
+            )
+            .values(
+                upstream_request_id=request.request_id,
+                upstream_status_url=request.status_url,
+                upstream_response_url=request.response_url,
+                upstream_submitted_at=now,
+                updated_at=now,
+            )
+        )
+        return bool(done.rowcount)  # type: ignore[attr-defined]
+
+
+def _next_poll(polled: PolledRequest, settings: Settings) -> float:
+    """A fifth of the request's age, within the configured bounds: a request is noticed
+    done within ~20 % of its time, with ~15 polls for a 30 s call."""
+    age = (utcnow() - polled.submitted_at).total_seconds()
+    return min(settings.segmind_poll_max_seconds, max(settings.segmind_poll_min_seconds, age / 5))
+
+
+def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
+    """One poll of a v2 request; the seconds until the next, or None when it is over."""
+    claim_, lease = polled.claim, polled.lease
+    if lease.lost:
+        # Taken over (this process could not renew in time, or handed it back on stop):
+        # the new holder counts the request under its own slot.
+        deps.fleet.let_go(polled.slot)
+        deps.keeper.drop(lease)
+        return None
+    call = CallRecord(polled.started_at, None, request_id=polled.request.request_id)
+    try:
+        state = deps.client.status(polled.request)
+        UPSTREAM_POLLS.labels(state.status).inc()
+        if not state.done:
+            return _next_poll(polled, deps.settings)
+        result = deps.client.result(polled.request)
+    except SegmindRateLimited as exc:
+        UPSTREAM_POLLS.labels("rate_limited").inc()
+        delay = _rate_limit_delay(exc)
+        deps.fleet.hold_until(time.time() + delay)
+        return delay
+    except (SegmindOutOfCredits, SegmindUnauthorized) as exc:
+        # The key stopped working mid-request: the fleet pauses; the job waits, keeping its
+        # request, and the resume wakes it to poll again (no second submit).
+        UPSTREAM_POLLS.labels("unauthorized").inc()
+        pause_fleet(deps.fleet, exc.code, exc.message)
+        deps.fleet.let_go(polled.slot)
+        _finish(
+            claim_,
+            None,
+            status=JobStatus.WAITING,
+            waiting_reason=pause_reason(deps.fleet) or exc.message,
+            keep_request=True,
+        )
+        deps.keeper.drop(lease)
+        return None
+    except SegmindRequestLost as exc:
+        UPSTREAM_POLLS.labels("lost").inc()
+        _request_lost(polled, CallRecord(call.started_at, 404, exc, call.request_id), deps)
+        return None
+    except SegmindRequestFailed as exc:
+        UPSTREAM_POLLS.labels("FAILED").inc()
+        deps.fleet.release(polled.slot)
+        _handle_upstream_error(claim_, CallRecord(call.started_at, 422, exc, call.request_id), deps)
+        deps.keeper.drop(lease)
+        return None
+    except SegmindRejected as exc:
+        # An answer relightq refuses to act on (an output URL it may not fetch): retrying
+        # would only refuse it again.
+        UPSTREAM_POLLS.labels("error").inc()
+        deps.fleet.release(polled.slot)
+        _handle_upstream_error(
+            claim_, CallRecord(call.started_at, exc.status, exc, call.request_id), deps
+        )
+        deps.keeper.drop(lease)
+        return None
+    except SegmindError as exc:
+        # 5xx, a timeout, a garbled answer: a poll is free and safe to repeat.
+        UPSTREAM_POLLS.labels("error").inc()
+        log.info("job %s: poll failed (%s); polling again", claim_.job_id, exc.code)
+        return _next_poll(polled, deps.settings)
+    deps.fleet.release(polled.slot)
+    _succeed(claim_, result, deps, CallRecord(call.started_at, 200, request_id=call.request_id))
+    deps.keeper.drop(lease)
+    return None
+
+
+def _request_lost(polled: PolledRequest, call: CallRecord, deps: RunnerDeps) -> None:
+    """Segmind forgot the request (its records expire): submit once more, never twice."""
+    claim_ = polled.claim
+    deps.fleet.release(polled.slot)
+    if claim_.resubmits >= 1:
+        _finish(
+            claim_,
+            call,
+            status=JobStatus.FAILED,
+            code=SegmindRequestLost.code,
+            message="Segmind lost this job's request twice (404 on its status); not submitted "
+            "a third time",
+        )
+    else:
+        _finish(
+            claim_,
+            call,
+            status=JobStatus.QUEUED,
+            refund=True,
+            waiting_reason="Segmind lost the request (404 on its status); submitting it again",
+            publish_after=0,
+            extra={"upstream_resubmits": Job.upstream_resubmits + 1},
+        )
+    deps.keeper.drop(polled.lease)
+
+
+def hand_back_requests(deps: RunnerDeps) -> int:
+    """A stopping worker: end the leases of the requests it polls, at once, so another
+    worker resumes polling them (the requests themselves run on at Segmind)."""
+    leases = deps.poller.leases()
+    handed = deps.keeper.abandon(leases) if leases else 0
+    deps.poller.poll_all_now()  # each sees its lease lost and lets its slot go
+    return handed
+
+
+def _rate_limit_delay(exc: SegmindRateLimited) -> float:
+    if exc.reset_at is None:
+        return RATE_LIMIT_FALLBACK_SECONDS
+    return max(0.5, (exc.reset_at - utcnow()).total_seconds())
+
+
+def _note_balance(remaining: float, deps: RunnerDeps) -> None:
+    """Remember the balance Segmind reported; below the reserve, pause the fleet."""
+    deps.fleet.record_credits(remaining)
+    reserve = deps.settings.credit_reserve
+    if reserve and remaining < reserve:
+        pause_fleet(
+            deps.fleet,
+            CREDIT_RESERVE,
+            f"{remaining:.3f} credits left, below the reserve of {reserve}",
+        )
 
 
 @dataclass(frozen=True)
@@ -363,6 +670,7 @@ def wait_for_slot(
     max_wait: float,
     sleep: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] = lambda: False,
+    ttl_seconds: float | None = None,
 ) -> Admission:
     """Ask the fleet for a slot until admitted, paused, ``stop()`` (the worker is shutting
     down), or ``max_wait`` seconds have passed."""
@@ -370,7 +678,7 @@ def wait_for_slot(
     while True:
         if stop():
             return Admission(False, SHUTTING_DOWN)
-        admission = fleet.acquire(slot)
+        admission = fleet.acquire(slot, ttl_seconds)
         remaining = deadline - time.monotonic()
         if admission.admitted or admission.reason == "paused" or remaining <= 0:
             return admission
@@ -412,7 +720,15 @@ def _handle_upstream_error(claim_: Claim, call: CallRecord, deps: RunnerDeps) ->
     exc = call.error
     assert exc is not None
     settings = deps.settings
-    if isinstance(exc, SegmindRejected):
+    if isinstance(exc, SegmindRequestFailed) and not exc.transient:
+        _finish(
+            claim_,
+            call,
+            status=JobStatus.FAILED,
+            code=exc.code,
+            message=f"Segmind's request failed: {exc.message}",
+        )
+    elif isinstance(exc, SegmindRejected):
         _finish(
             claim_,
             call,
@@ -436,9 +752,7 @@ def _handle_upstream_error(claim_: Claim, call: CallRecord, deps: RunnerDeps) ->
             waiting_reason=pause_reason(deps.fleet) or exc.message,
         )
     elif isinstance(exc, SegmindRateLimited):
-        delay = RATE_LIMIT_FALLBACK_SECONDS
-        if exc.reset_at is not None:
-            delay = max(0.5, (exc.reset_at - utcnow()).total_seconds())
+        delay = _rate_limit_delay(exc)
         deps.fleet.hold_until(time.time() + delay)
         _finish(
             claim_,
@@ -486,6 +800,7 @@ def _attempt_row(claim_: Claim, call: CallRecord, *, outcome: str, counted: bool
         http_status=call.http_status,
         error_code=call.error.code if call.error else None,
         error_message=call.error.message[:2000] if call.error else None,
+        upstream_request_id=call.request_id,
         started_at=call.started_at,
         finished_at=utcnow(),
     )
@@ -503,9 +818,16 @@ def _finish(
     waiting_reason: str | None = None,
     publish_after: float | None = None,
     return_to_batch: bool = False,
+    keep_request: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Record any outcome but success; ``publish_after`` schedules the next run."""
-    values: dict[str, Any] = {"status": status, "waiting_reason": waiting_reason}
+    """Record any outcome but success; ``publish_after`` schedules the next run;
+    ``keep_request``: the job's v2 request is still to be collected by its next run."""
+    values: dict[str, Any] = {
+        "status": status,
+        "waiting_reason": waiting_reason,
+        **(extra or {}),
+    }
     if return_to_batch:
         values["dispatched_at"] = None
     if refund:
@@ -515,7 +837,7 @@ def _finish(
     if publish_after is not None:
         values["run_after"] = utcnow() + timedelta(seconds=publish_after)
     with session_scope() as session:
-        done = session.execute(_owned_update(claim_, **values))
+        done = session.execute(_owned_update(claim_, keep_request=keep_request, **values))
         if call is not None:
             outcome = {JobStatus.FAILED: "failed", JobStatus.QUEUED: "retry"}.get(status, "waiting")
             session.add(_attempt_row(claim_, call, outcome=outcome, counted=not refund))
@@ -548,14 +870,7 @@ def _succeed(claim_: Claim, result: RelightResult, deps: RunnerDeps, call: CallR
     credits = deps.settings.segmind_credits_per_image * len(result.images)
     _record_success(claim_, outputs, credits, result.remaining_credits, call)
     if result.remaining_credits is not None:
-        deps.fleet.record_credits(result.remaining_credits)
-        reserve = deps.settings.credit_reserve
-        if reserve and result.remaining_credits < reserve:
-            pause_fleet(
-                deps.fleet,
-                CREDIT_RESERVE,
-                f"{result.remaining_credits:.3f} credits left, below the reserve of {reserve}",
-            )
+        _note_balance(result.remaining_credits, deps)
 
 
 @_outlive_db_restart

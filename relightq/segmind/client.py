@@ -1,4 +1,14 @@
-"""A synchronous httpx client for Segmind IC-Light v1 (docs/reference/upstream.md)."""
+"""A synchronous httpx client for Segmind IC-Light, v1 and v2 (docs/reference/upstream.md).
+
+Why not Segmind's official SDK (``segmind`` on PyPI): relightq decides what to do from
+what the SDK hides. ``run_sync`` raises on any non-2xx with the status and text only,
+and neither it nor ``submit_async`` exposes the response headers that drive the fleet
+(``x-remaining-credits`` for the credit reserve, ``x-rate-limit-reset-at-utc`` for a
+429's hold); ``AsyncJob.wait`` blocks a thread sleeping between polls, which is what v2
+mode exists to avoid; and it sends the key to whatever host a status URL names. The
+wire format is small (one POST, two GETs), so it lives here, tested against the
+simulator; the SDK itself is tested against relightq's compatible endpoint instead.
+"""
 
 from __future__ import annotations
 
@@ -12,18 +22,23 @@ from typing import Any
 import httpx
 
 from relightq.logs import redact
-from relightq.netguard import BlockedAddress
+from relightq.netguard import BlockedAddress, GuardedTransport
 from relightq.segmind.errors import (
     SegmindError,
     SegmindOutOfCredits,
     SegmindRateLimited,
     SegmindRejected,
+    SegmindRequestFailed,
+    SegmindRequestLost,
     SegmindUnauthorized,
     SegmindUnavailable,
+    failure_is_transient,
 )
 from relightq.segmind.params import RelightParams
 
 RELIGHT_PATH = "/v1/ic-light"
+SUBMIT_PATH = "/v2/ic-light"
+REQUESTS_PATH = "/v2/requests"
 CREDITS_PATH = "/v1/get-user-credits"
 PERMANENT_STATUSES = frozenset({400, 403, 404, 405, 409, 410, 413, 415, 422})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -52,6 +67,28 @@ class RelightResult:
 
     images: list[RelitImage]
     remaining_credits: float | None
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """A v2 request Segmind accepted: the receipt a job keeps until it is collected."""
+
+    request_id: str
+    status_url: str
+    response_url: str
+    remaining_credits: float | None = None
+
+
+@dataclass(frozen=True)
+class RequestState:
+    """A v2 request's status: QUEUED, PROCESSING or COMPLETED (FAILED raises)."""
+
+    status: str
+
+    @property
+    def done(self) -> bool:
+        """True once the outputs can be fetched."""
+        return self.status == "COMPLETED"
 
 
 def sniff_image_type(data: bytes) -> str | None:
@@ -141,6 +178,7 @@ class SegmindClient:
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._download_client: httpx.Client | None = None
+        self._cdn_client: httpx.Client | None = None
         self._api_key = api_key
         # Connect fails fast; the read timeout covers a ~30 s generation with room to spare.
         self._http = http or httpx.Client(
@@ -172,11 +210,14 @@ class SegmindClient:
         self._http.close()
         if self._download_client is not None:
             self._download_client.close()
+        if self._cdn_client is not None:
+            self._cdn_client.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"x-api-key": self._api_key}
         try:
-            return self._http.request(method, self._base_url + path, headers=headers, **kwargs)
+            url = path if path.startswith(("http://", "https://")) else self._base_url + path
+            return self._http.request(method, url, headers=headers, **kwargs)
         except httpx.TimeoutException as exc:
             raise SegmindUnavailable(
                 f"Segmind did not answer in time ({type(exc).__name__})"
@@ -199,6 +240,105 @@ class SegmindClient:
         if not images:
             raise SegmindUnavailable("Segmind answered 200 without an image")
         return RelightResult(images, _remaining_credits(response))
+
+    def submit(self, params: RelightParams, subject: str | SubjectUpload) -> UpstreamRequest:
+        """v2: put one IC-Light request in Segmind's queue; answers at once with its id.
+
+        Each accepted submit is a new billable request (Segmind has no idempotency key):
+        the caller must record the id before anything else, and never submit twice.
+        """
+        fields = params.upstream_fields()
+        if isinstance(subject, str):
+            response = self._request("POST", SUBMIT_PATH, json={**fields, "subject_image": subject})
+        else:
+            files = {"subject_image": (subject.filename, subject.data, subject.content_type)}
+            data = {name: str(value) for name, value in fields.items()}
+            response = self._request("POST", SUBMIT_PATH, data=data, files=files)
+        raise_for_status(response, self._api_key)
+        try:
+            body = response.json()
+            request_id = str(body["request_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            # Accepted (and maybe billed) but unreadable: nothing to poll. Transient, and
+            # the one case where a retry may pay twice; it has never been seen.
+            raise SegmindUnavailable("Segmind accepted a v2 submit without a request_id") from exc
+        return UpstreamRequest(
+            request_id,
+            self._own_url(body.get("status_url"), f"{REQUESTS_PATH}/{request_id}/status"),
+            self._own_url(body.get("response_url"), f"{REQUESTS_PATH}/{request_id}"),
+            _remaining_credits(response),
+        )
+
+    def _own_url(self, given: Any, fallback_path: str) -> str:
+        # The key goes with every poll: only ever to the upstream's own origin. A URL
+        # naming another host is replaced by the documented path on the base URL.
+        if isinstance(given, str):
+            try:
+                if origin_of(httpx.URL(given)) == origin_of(httpx.URL(self._base_url)):
+                    return given
+            except (httpx.InvalidURL, TypeError):
+                pass
+        return self._base_url + fallback_path
+
+    def _get_request(self, url: str) -> tuple[httpx.Response, dict[str, Any]]:
+        if origin_of(httpx.URL(url)) != origin_of(httpx.URL(self._base_url)):
+            raise SegmindRejected("a v2 request URL is not on the upstream's origin")
+        response = self._request("GET", url)
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            body = {}
+        if body.get("status") == "FAILED":
+            # Under HTTP 422 (or any code): the request ran and failed, unbilled.
+            error = redact(str(body.get("error") or "the request failed"), self._api_key)
+            raise SegmindRequestFailed(error[:1000], transient=failure_is_transient(error))
+        if response.status_code == 404:
+            raise SegmindRequestLost(_error_message(response, self._api_key), 404)
+        raise_for_status(response, self._api_key)
+        return response, body
+
+    def status(self, request: UpstreamRequest) -> RequestState:
+        """v2: where the request is; raises SegmindRequestFailed on FAILED and
+        SegmindRequestLost when Segmind no longer knows it. Free, and safe to repeat."""
+        _, body = self._get_request(request.status_url)
+        state = str(body.get("status") or "").upper()
+        if state not in ("QUEUED", "PROCESSING", "COMPLETED"):
+            raise SegmindUnavailable(f"unreadable v2 status {state or '(none)'!r}")
+        return RequestState(state)
+
+    def result(self, request: UpstreamRequest) -> RelightResult:
+        """v2: the images of a COMPLETED request (fetched from its output URLs)."""
+        response, body = self._get_request(request.response_url)
+        if str(body.get("status") or "").upper() != "COMPLETED":
+            raise SegmindUnavailable("the v2 response was fetched before the request completed")
+        output = body.get("output")
+        items = output if isinstance(output, list) else [output]
+        images = [self._decode(item, cdn=True) for item in items]
+        if not images:
+            raise SegmindUnavailable("Segmind completed a request without an image")
+        remaining = _remaining_credits(response)
+        metrics = body.get("metrics")
+        if remaining is None and isinstance(metrics, dict):
+            try:
+                remaining = float(metrics["remaining_credits"])
+            except (KeyError, TypeError, ValueError):
+                remaining = None
+        return RelightResult(images, remaining)
+
+    def _cdn(self) -> httpx.Client:
+        # v2 outputs live on Segmind's file store, a host of its own: any public address
+        # (checked on every connection and redirect, like webhooks), or the upstream's
+        # own host; never a private one, which only a forged answer could name.
+        if self._cdn_client is None:
+            self._cdn_client = httpx.Client(
+                transport=GuardedTransport(frozenset({httpx.URL(self._base_url).host})),
+                follow_redirects=True,
+                max_redirects=5,
+                timeout=httpx.Timeout(60.0, connect=10.0),
+            )
+        return self._cdn_client
 
     def get_credits(self) -> float:
         """The account's balance; this endpoint is free."""
@@ -224,14 +364,14 @@ class SegmindClient:
             raise SegmindUnavailable("Segmind answered 200 with neither an image nor JSON") from exc
         return [self._decode(item) for item in _image_items(body)]
 
-    def _decode(self, item: Any) -> RelitImage:
+    def _decode(self, item: Any, *, cdn: bool = False) -> RelitImage:
         if isinstance(item, dict):
             item = item.get("url") or item.get("image") or item.get("base64") or item.get("data")
         if not isinstance(item, str) or not item:
             raise SegmindUnavailable("Segmind answered an image entry that is not a string")
         if item.startswith(("http://", "https://")):
             try:
-                fetched = self._downloads().get(item)
+                fetched = (self._cdn() if cdn else self._downloads()).get(item)
             except BlockedAddress as exc:
                 # Not transient, and a retry would pay for the images again.
                 raise SegmindRejected(f"an output URL is not allowed: {exc}") from exc

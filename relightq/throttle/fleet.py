@@ -110,8 +110,10 @@ class FleetState:
 class Fleet(Protocol):
     """Admission and pause state shared by every worker of a deployment."""
 
-    def acquire(self, token: str) -> Admission: ...
+    def acquire(self, token: str, ttl_seconds: float | None = None) -> Admission: ...
     def release(self, token: str) -> None: ...
+    def keep(self, token: str, ttl_seconds: float) -> None: ...
+    def let_go(self, token: str) -> None: ...
     def pause(self, code: str, reason: str, *, manual: bool = False) -> bool: ...
     def resume(self, *, manual: bool = False) -> bool: ...
     def hold_until(self, epoch_seconds: float) -> None: ...
@@ -149,7 +151,8 @@ class RedisFleet:
         self._slot_ttl_ms = int(slot_ttl_seconds * 1000)
         self._heartbeat = heartbeat_seconds
         self._warmup_ms = int(2 * heartbeat_seconds * 1000)
-        self._held: set[str] = set()
+        # token -> its lifetime in ms, renewed by this process's heartbeat while held.
+        self._held: dict[str, int] = {}
         self._held_lock = threading.Lock()
         self._beating: threading.Thread | None = None
         self._epoch = f"{prefix}:epoch"
@@ -164,37 +167,55 @@ class RedisFleet:
         self._resume = client.register_script(RESUME)
         self._renew = client.register_script(HEARTBEAT)
 
-    def acquire(self, token: str) -> Admission:
-        """Admit one call now, or say why not and for how long."""
+    def acquire(self, token: str, ttl_seconds: float | None = None) -> Admission:
+        """Admit one call now, or say why not and for how long.
+
+        ``ttl_seconds``: how long the slot outlives its holder's last heartbeat (default:
+        the fleet's slot TTL). A v2 request stays in flight at Segmind when its worker
+        dies, so its slot lives long enough for another worker to take the job over.
+        """
         self._start_heartbeat()
+        ttl_ms = self._slot_ttl_ms if ttl_seconds is None else int(ttl_seconds * 1000)
         admitted, reason, retry_ms = self._acquire(
             keys=[self._state, self._slots, self._window, self._hold, self._epoch],
-            args=[
-                token,
-                self.max_concurrent,
-                self.max_per_minute,
-                self._slot_ttl_ms,
-                self._warmup_ms,
-            ],
+            args=[token, self.max_concurrent, self.max_per_minute, ttl_ms, self._warmup_ms],
         )
         reason = reason.decode() if isinstance(reason, bytes) else str(reason)
         if admitted:
             with self._held_lock:
-                self._held.add(token)
+                self._held[token] = ttl_ms
         return Admission(bool(admitted), reason, int(retry_ms) / 1000)
+
+    def keep(self, token: str, ttl_seconds: float) -> None:
+        """Count ``token`` as a call in flight without asking: a request already submitted
+        (taken over from another worker), which Segmind is running whatever the cap says."""
+        self._start_heartbeat()
+        ttl_ms = int(ttl_seconds * 1000)
+        with self._held_lock:
+            self._held[token] = ttl_ms
+        self._renew(keys=[self._slots], args=[ttl_ms, token])
+
+    def let_go(self, token: str) -> None:
+        """Stop renewing ``token`` but leave it counted until it expires: the request is
+        still in flight and another worker is about to keep it."""
+        with self._held_lock:
+            self._held.pop(token, None)
 
     def release(self, token: str) -> None:
         """Free the concurrency slot of a finished call (its minute-window entry stays)."""
         with self._held_lock:
-            self._held.discard(token)
+            self._held.pop(token, None)
         self._redis.zrem(self._slots, token)
 
     def renew(self) -> int:
         """Re-assert every slot this process holds; returns how many."""
         with self._held_lock:
-            held = list(self._held)
-        if held:
-            self._renew(keys=[self._slots], args=[self._slot_ttl_ms, *held])
+            held = dict(self._held)
+        by_ttl: dict[int, list[str]] = {}
+        for token, ttl_ms in held.items():
+            by_ttl.setdefault(ttl_ms, []).append(token)
+        for ttl_ms, tokens in by_ttl.items():
+            self._renew(keys=[self._slots], args=[ttl_ms, *tokens])
         return len(held)
 
     def _start_heartbeat(self) -> None:
@@ -299,8 +320,8 @@ class LocalFleet:
     _window: deque[float] = field(default_factory=deque)
     _data: dict[str, Any] = field(default_factory=dict)
 
-    def acquire(self, token: str) -> Admission:
-        """Admit one call now, or say why not."""
+    def acquire(self, token: str, ttl_seconds: float | None = None) -> Admission:
+        """Admit one call now, or say why not (one process: a slot never outlives it)."""
         with self._lock:
             now = time.time()
             if self._data.get("paused"):
@@ -322,6 +343,15 @@ class LocalFleet:
         """Free a slot."""
         with self._lock:
             self._slots.discard(token)
+
+    def keep(self, token: str, ttl_seconds: float) -> None:
+        """Count a request already submitted."""
+        with self._lock:
+            self._slots.add(token)
+
+    def let_go(self, token: str) -> None:
+        """One process: nobody else takes the request over, so the slot is freed."""
+        self.release(token)
 
     def pause(self, code: str, reason: str, *, manual: bool = False) -> bool:
         """Record a pause."""
