@@ -1,10 +1,14 @@
-"""A local stand-in for the Segmind IC-Light v1 API, as stripe-mock stands in for Stripe.
+"""A local stand-in for the Segmind IC-Light API, as stripe-mock stands in for Stripe.
 
 docs/concepts/simulator.md describes it; docs/reference/upstream.md is the contract it serves.
 
 It validates the same fields, fetches the subject, answers a synthetic image of the final
 size, keeps a credit balance, injects faults on request and records what traffic it saw.
 It is plainly not IC-Light: every image carries a caption saying so.
+
+Two APIs share all of that: v1 (`POST /v1/ic-light`) answers the image on the call; v2
+(`POST /v2/ic-light`) answers a request id at once, works on the request in a background
+task and lets the client poll `/v2/requests/{id}/status` and fetch `/v2/requests/{id}`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from relightq.segmind.params import CONTENT_TYPES
+from relightq.segmind.params import CONTENT_TYPES, RelightParams
 from relightq.segmind.wire import (
     Reject,
     SubjectImageError,
@@ -36,26 +40,34 @@ from relightq.segmind.wire import (
     routing_error,
 )
 from relightq.simulator.imaging import CAPTION, render_all
-from relightq.simulator.state import ConfigUpdate, SimulatorState
+from relightq.simulator.state import ConfigUpdate, ForgetRequest, SimulatorState, V2Request
 
 __all__ = ["SimulatorState", "create_app", "serve"]
 
 BANNER = {
     "service": "relightq simulator",
-    "message": f"Local stand-in for the Segmind IC-Light v1 API; {CAPTION}. Images are synthetic.",
+    "message": (
+        f"Local stand-in for the Segmind IC-Light v1 and v2 APIs; {CAPTION}. Images are synthetic."
+    ),
     "endpoints": [
         "POST /v1/ic-light",
+        "POST /v2/ic-light",
+        "GET /v2/requests/{id}/status",
+        "GET /v2/requests/{id}",
         "GET /v1/get-user-credits",
         "GET /v1/outputs/{id}",
         "GET /admin/stats",
         "POST /admin/config",
         "POST /admin/reset",
+        "POST /admin/forget",
     ],
 }
 FETCH_TIMEOUT = 30.0
 MAX_SUBJECT_BYTES = 25 * 1024 * 1024
 FAULT_429_RESET_SECONDS = 2.0
 CREDIT_EPSILON = 1e-9  # float dust from repeated subtraction must not cause a false 406
+SWEEP_SECONDS = 1.0  # how often expired v2 requests are dropped while nobody calls
+TIMED_OUT_ERROR = "Inference timed out"
 
 
 def _utc_iso(epoch: float) -> str:
@@ -77,8 +89,7 @@ def _check_key(request: Request, state: SimulatorState) -> None:
         raise Reject(401, "Invalid API key")
 
 
-async def _fetch(request: Request, url: str) -> bytes:
-    client: httpx.AsyncClient = request.app.state.http
+async def _fetch(client: httpx.AsyncClient, url: str) -> bytes:
     try:
         async with client.stream("GET", url) as response:
             if response.status_code >= 400:
@@ -110,34 +121,47 @@ async def _wait(request: Request, seconds: float) -> None:
         await asyncio.sleep(min(remaining, 0.05))
 
 
-async def _inject_faults(request: Request, state: SimulatorState) -> None:
-    if state.rng.random() < state.fail_500_rate:
-        raise Reject(500, "Internal server error")
-    if state.rng.random() < state.rate_429_rate:
-        reset_at = _utc_iso(time.time() + FAULT_429_RESET_SECONDS)
-        raise Reject(429, "Rate limit exceeded", {"x-rate-limit-reset-at-utc": reset_at})
-    if state.rng.random() < state.timeout_rate:
-        await _wait(request, state.timeout_seconds)
-        raise Reject(504, "Gateway timeout")
-
-
-async def _relight(request: Request, state: SimulatorState) -> tuple[Response, int]:
-    received = time.monotonic()
+def _admit(request: Request, state: SimulatorState) -> None:
+    """The checks every relight call or submit passes first: key, per-minute limit, faults."""
     _check_key(request, state)
     free_at = state.take_rate_slot(time.time())
     if free_at is not None:
         headers = {"x-rate-limit-reset-at-utc": _utc_iso(free_at)}
         raise Reject(429, "Rate limit exceeded", headers)
-    await _inject_faults(request, state)
-    params, subject = await parse_request(request)
+    if state.rng.random() < state.fail_500_rate:
+        raise Reject(500, "Internal server error")
+    if state.rng.random() < state.rate_429_rate:
+        reset_at = _utc_iso(time.time() + FAULT_429_RESET_SECONDS)
+        raise Reject(429, "Rate limit exceeded", {"x-rate-limit-reset-at-utc": reset_at})
 
-    cost = state.cost_per_image * params.number_of_images
+
+def _reserve(state: SimulatorState, number_of_images: int) -> float:
+    """Take the cost from the balance now, or refuse with 406; return the cost.
+
+    Reserved at once and refunded on failure, so concurrent calls never overdraw.
+    """
+    cost = state.cost_per_image * number_of_images
     if state.credits + CREDIT_EPSILON < cost:
         raise Reject(406, "Not enough credits")
-    # Reserve now, refund on failure: concurrent calls can then never overdraw the balance.
     state.credits = round(state.credits - cost, 9)
+    return cost
+
+
+async def _relight(
+    request: Request, state: SimulatorState, entry: dict[str, Any]
+) -> tuple[Response, int]:
+    received = time.monotonic()
+    _admit(request, state)
+    if state.rng.random() < state.timeout_rate:
+        await _wait(request, state.timeout_seconds)
+        raise Reject(504, "Gateway timeout")
+    params, subject = await parse_request(request)
+    entry["subject"] = subject if isinstance(subject, str) else None
+
+    cost = _reserve(state, params.number_of_images)
     try:
-        data = subject if isinstance(subject, bytes) else await _fetch(request, subject)
+        client: httpx.AsyncClient = request.app.state.http
+        data = subject if isinstance(subject, bytes) else await _fetch(client, subject)
         try:
             image = await run_in_threadpool(decode_subject, data)
         except SubjectImageError as exc:
@@ -165,16 +189,135 @@ async def _relight(request: Request, state: SimulatorState) -> tuple[Response, i
     return JSONResponse({"images": entries}, headers=headers), len(images)
 
 
+async def _submit(request: Request, state: SimulatorState, entry: dict[str, Any]) -> Response:
+    """Accept a v2 request (same checks and answers as v1), start its work, answer its id."""
+    received = time.monotonic()
+    _admit(request, state)
+    params, subject = await parse_request(request)
+    entry["subject"] = subject if isinstance(subject, str) else None
+    cost = _reserve(state, params.number_of_images)
+
+    job = V2Request(id=str(uuid.uuid4()), cost=cost, entry=entry, submitted=received)
+    entry["request_id"] = job.id
+    # Faults are drawn now, so a later config change does not alter a request under way.
+    error: str | None = None
+    ends_at = received + state.latency
+    if state.rng.random() < state.timeout_rate:
+        error, ends_at = TIMED_OUT_ERROR, received + state.timeout_seconds
+    elif state.rng.random() < state.failed_rate:
+        error = state.failed_error
+    state.add_request(job)
+    job.task = asyncio.create_task(
+        _work(request.app.state.http, state, job, params, subject, error, ends_at),
+        name=f"v2 request {job.id}",
+    )  # the reference in job keeps the task from being garbage collected
+
+    base = f"{request.base_url}v2/requests/{job.id}"
+    body = {
+        "request_id": job.id,
+        "status": job.status,
+        "status_url": f"{base}/status",
+        "response_url": base,
+    }
+    return JSONResponse(body, headers={"x-remaining-credits": _credits_text(state.credits)})
+
+
+async def _work(
+    client: httpx.AsyncClient,
+    state: SimulatorState,
+    job: V2Request,
+    params: RelightParams,
+    subject: str | bytes,
+    error: str | None,
+    ends_at: float,
+) -> None:
+    """Run one v2 request to its final state at ends_at (or when rendering is done)."""
+    job.status, job.started = "PROCESSING", time.monotonic()
+    images: list[bytes] = []
+    try:
+        # The subject is fetched and decoded even when a fault is drawn: a bad subject
+        # fails with its own message first, as a real pipeline would.
+        data = subject if isinstance(subject, bytes) else await _fetch(client, subject)
+        try:
+            image = await run_in_threadpool(decode_subject, data)
+        except SubjectImageError as exc:
+            raise Reject(422, str(exc)) from exc
+        del data, subject  # the subject bytes are not needed while the request waits
+        if error is None:
+            images = await run_in_threadpool(render_all, image, params)
+    except Reject as reject:
+        error = reject.message
+    except Exception:  # anything unexpected still ends the request, refunded
+        error = "Internal server error"
+    # Looped: asyncio may wake a timer up to its clock resolution early.
+    while (remaining := ends_at - time.monotonic()) > 0:
+        await asyncio.sleep(remaining)
+    if error is not None:
+        state.fail_request(job, error)
+    else:
+        state.complete_request(job, images, params.output_format)
+
+
+def _find(state: SimulatorState, request_id: str) -> V2Request:
+    state.expire()
+    job = state.requests.get(request_id)
+    if job is None:
+        raise Reject(404, f"Request {request_id} not found")
+    return job
+
+
+def _failed(job: V2Request) -> JSONResponse:
+    body = {"request_id": job.id, "status": "FAILED", "error": job.error, "metrics": job.metrics()}
+    return JSONResponse(body, 422)
+
+
+def _poll(request: Request, state: SimulatorState, request_id: str, result: bool) -> Response:
+    """Answer a GET of a v2 request's status (result=False) or its response (True)."""
+    state.stats.polls += 1
+    try:
+        _check_key(request, state)
+        job = _find(state, request_id)
+    except Reject as reject:
+        return reject.response()
+    if job.status == "FAILED":
+        return _failed(job)
+    if not result or job.status != "COMPLETED":
+        return JSONResponse({"request_id": job.id, "status": job.status})
+    urls = [f"{request.base_url}v1/outputs/{key}" for key in job.output_keys]
+    remaining = float(state.credits)
+    body = {
+        "request_id": job.id,
+        "status": "COMPLETED",
+        "output": urls[0] if len(urls) == 1 else urls,
+        "metrics": {**job.metrics(), "cost": round(job.cost, 9), "remaining_credits": remaining},
+    }
+    return JSONResponse(body, headers={"x-remaining-credits": _credits_text(state.credits)})
+
+
 def create_app(state: SimulatorState | None = None) -> FastAPI:
     """The simulator as an ASGI app; pass a state to inspect or steer it from tests."""
     sim = state if state is not None else SimulatorState()
+
+    async def sweep() -> None:
+        # Expired v2 requests are also dropped on every v2 call; this bounds memory when
+        # the traffic stops.
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            sim.expire()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         timeout = httpx.Timeout(FETCH_TIMEOUT)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
             app.state.http = client
-            yield
+            sweeper = asyncio.create_task(sweep())
+            try:
+                yield
+            finally:
+                sweeper.cancel()
+                for job in list(sim.requests.values()):
+                    if job.task is not None:
+                        job.task.cancel()  # its HTTP client is about to close
 
     app = FastAPI(
         title="relightq simulator (not IC-Light)",
@@ -199,17 +342,43 @@ def create_app(state: SimulatorState | None = None) -> FastAPI:
 
     @app.post("/v1/ic-light")
     async def ic_light(request: Request) -> Response:
-        entry = sim.stats.begin()
+        entry = sim.stats.begin("v1")
         status, images = 500, 0  # stays 500 if the call crashes or is cancelled
         try:
             try:
-                response, images = await _relight(request, sim)
+                response, images = await _relight(request, sim, entry)
             except Reject as reject:
                 response = reject.response()
             status = response.status_code
             return response
         finally:
             sim.stats.finish(entry, status, images)
+
+    @app.post("/v2/ic-light")
+    async def ic_light_v2(request: Request) -> Response:
+        sim.expire()
+        entry = sim.stats.begin("v2")
+        accepted = False
+        status = 500  # stays 500 if the submit crashes or is cancelled
+        try:
+            try:
+                response = await _submit(request, sim, entry)
+                accepted = True
+            except Reject as reject:
+                response = reject.response()
+            status = response.status_code
+            return response
+        finally:
+            if not accepted:  # an accepted request's entry is settled when it ends
+                sim.stats.finish(entry, status, 0)
+
+    @app.get("/v2/requests/{request_id}/status")
+    async def request_status(request: Request, request_id: str) -> Response:
+        return _poll(request, sim, request_id, result=False)
+
+    @app.get("/v2/requests/{request_id}")
+    async def request_response(request: Request, request_id: str) -> Response:
+        return _poll(request, sim, request_id, result=True)
 
     @app.get("/v1/get-user-credits")
     async def user_credits(request: Request) -> Response:
@@ -226,7 +395,8 @@ def create_app(state: SimulatorState | None = None) -> FastAPI:
 
     @app.get("/v1/outputs/{key}")
     async def output(key: str) -> Response:
-        stored = sim.outputs.get(key)
+        sim.expire()
+        stored = sim.output(key)
         if stored is None:
             return JSONResponse({"error": "Not found"}, 404)
         return Response(stored[0], media_type=stored[1])
@@ -255,6 +425,15 @@ def create_app(state: SimulatorState | None = None) -> FastAPI:
     async def reset() -> dict[str, Any]:
         sim.reset()
         return sim.stats.snapshot()
+
+    @app.post("/admin/forget")
+    async def forget(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = ForgetRequest.model_validate_json(raw) if raw.strip() else ForgetRequest()
+        except ValidationError as exc:
+            return JSONResponse({"error": str(exc.errors()[0]["msg"])}, 422)
+        return JSONResponse({"forgotten": sim.forget(body.request_ids)})
 
     return app
 
