@@ -1,8 +1,9 @@
-"""Answering like Segmind: a relightq job's outcome in IC-Light v1's response format.
+"""Answering like Segmind: a relightq job's outcome in Segmind's response formats.
 
-The Segmind-compatible endpoint runs each call as a high-priority job and waits for it;
-these functions turn the fleet's state and the job's end into what Segmind itself would
-have answered (status code, image bytes or ``{"error": ...}``, x-remaining-credits).
+The Segmind-compatible endpoint runs each call as a high-priority job. Its v1 route waits
+for it; its v2 routes (Segmind's async API) answer with a request id to poll. These
+functions turn the fleet's state and the job's progress into what Segmind itself would
+have answered (status code, image bytes or JSON, ``{"error": ...}``, x-remaining-credits).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 from relightq.jobs.models import Job, JobStatus
 from relightq.segmind.errors import SegmindOutOfCredits, SegmindUnauthorized
@@ -61,14 +64,16 @@ def parked_by_pause(job: Job) -> bool:
     return job.status == JobStatus.WAITING and job.run_after is None
 
 
+def _credits(job: Job) -> dict[str, str]:
+    if job.remaining_credits is None:
+        return {}
+    return {"x-remaining-credits": f"{job.remaining_credits:g}"}
+
+
 def final_answer(job: Job, storage: Storage) -> SegmindAnswer:
     """A final job as Segmind's answer: the image(s), or its error with Segmind's status."""
-    credits = (
-        {}
-        if job.remaining_credits is None
-        else {"x-remaining-credits": f"{job.remaining_credits:g}"}
-    )
     if job.status == JobStatus.SUCCEEDED:
+        credits = _credits(job)
         outputs = sorted(job.outputs, key=lambda o: o.index)
         if len(outputs) == 1:
             data = storage.get(outputs[0].uri)
@@ -77,6 +82,11 @@ def final_answer(job: Job, storage: Storage) -> SegmindAnswer:
         images = [base64.b64encode(storage.get(o.uri)).decode() for o in outputs]
         body = json.dumps({"images": images}).encode()
         return SegmindAnswer(200, body, "application/json", headers=credits)
+    return failure(job)
+
+
+def failure(job: Job) -> SegmindAnswer:
+    """A failed or cancelled job as Segmind's error: its status code and words."""
     # The upstream's own words for its refusals: the last call's message, not the job's
     # summary of it ("Segmind answered 422: ...").
     calls = [a for a in job.attempt_log if a.http_status]
@@ -91,3 +101,59 @@ def final_answer(job: Job, storage: Storage) -> SegmindAnswer:
     # Transient failures that outlived every retry: what Segmind last said, else a 502.
     status = last.http_status if last is not None and (last.http_status or 0) >= 500 else 502
     return error(status or 502, message)
+
+
+# Segmind's v2 request states. A job parked while the fleet is paused stays QUEUED: it
+# resumes by itself when the fleet does, as a request queued at Segmind would.
+V2_STATES: dict[JobStatus, str] = {
+    JobStatus.QUEUED: "QUEUED",
+    JobStatus.WAITING: "QUEUED",
+    JobStatus.RUNNING: "PROCESSING",
+    JobStatus.SUCCEEDED: "COMPLETED",
+    JobStatus.FAILED: "FAILED",
+    JobStatus.CANCELLED: "FAILED",
+}
+
+
+def not_found(request_id: str) -> SegmindAnswer:
+    """v2's answer for an id that is unknown, another tenant's, or not an id at all."""
+    return error(404, f"Request {request_id} not found")
+
+
+def metrics(job: Job) -> dict[str, float]:
+    """v2's ``metrics``: seconds from start and from submission to the end, credits used,
+    and the balance after the call when it is known (a time not yet known is left out)."""
+    found: dict[str, float] = {}
+    if job.finished_at is not None:
+        if job.started_at is not None:
+            found["inference_time"] = _seconds(job.started_at, job.finished_at)
+        found["total_time"] = _seconds(job.created_at, job.finished_at)
+    found["cost"] = job.credits_used
+    if job.remaining_credits is not None:
+        found["remaining_credits"] = job.remaining_credits
+    return found
+
+
+def _seconds(start: datetime, end: datetime) -> float:
+    return round(max((end - start).total_seconds(), 0.0), 3)
+
+
+def _json(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> SegmindAnswer:
+    return SegmindAnswer(status, json.dumps(body).encode(), headers=headers or {})
+
+
+def request_state(job: Job, storage: Storage, *, output: bool) -> SegmindAnswer:
+    """v2's answer about a request: its state; FAILED as a 422 with Segmind's error and the
+    metrics; with ``output``, a COMPLETED one's presigned image URL(s) and metrics too."""
+    state = V2_STATES[job.status]
+    body: dict[str, Any] = {"request_id": str(job.id), "status": state}
+    if state == "FAILED":
+        body.update(error=failure(job).error, metrics=metrics(job))
+        return _json(422, body)
+    if state == "COMPLETED" and output:
+        urls = [storage.url(o.uri) for o in sorted(job.outputs, key=lambda o: o.index)]
+        body.update(output=urls[0] if len(urls) == 1 else urls, metrics=metrics(job))
+        return _json(200, body, _credits(job))
+    return _json(200, body)
