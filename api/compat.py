@@ -165,11 +165,12 @@ def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
 _V2_STATE = {"type": "string", "enum": ["QUEUED", "PROCESSING", "COMPLETED", "FAILED"]}
 _V2_METRICS = {
     "type": "object",
-    "description": "seconds from start (inference_time) and from submission (total_time) "
-    "to the end, credits used (cost), the balance after the call when known",
+    "description": "seconds from the last start to the end (inference_time), from "
+    "submission to that start (queue_time) and to the end (total_time); credits used "
+    "(cost), the balance after the call when known",
     "properties": {
         name: {"type": "number"}
-        for name in ("inference_time", "total_time", "cost", "remaining_credits")
+        for name in ("inference_time", "queue_time", "total_time", "cost", "remaining_credits")
     },
 }
 _V2_FAILED = {

@@ -121,14 +121,17 @@ def not_found(request_id: str) -> SegmindAnswer:
 
 
 def metrics(job: Job) -> dict[str, float]:
-    """v2's ``metrics``: seconds from start and from submission to the end, credits used,
-    and the balance after the call when it is known (a time not yet known is left out)."""
-    found: dict[str, float] = {}
-    if job.finished_at is not None:
-        if job.started_at is not None:
-            found["inference_time"] = _seconds(job.started_at, job.finished_at)
-        found["total_time"] = _seconds(job.created_at, job.finished_at)
-    found["cost"] = job.credits_used
+    """v2's ``metrics`` of a final job, as Segmind reports them: seconds from the last start
+    to the end (``inference_time``), from submission to that start (``queue_time``) and to
+    the end (``total_time``); the credits used, and the balance after when it is known."""
+    end = job.finished_at or job.updated_at
+    started = job.started_at or end  # never started (cancelled while queued): no inference
+    found = {
+        "inference_time": _seconds(started, end),
+        "queue_time": _seconds(job.created_at, started),
+        "total_time": _seconds(job.created_at, end),
+        "cost": job.credits_used,
+    }
     if job.remaining_credits is not None:
         found["remaining_credits"] = job.remaining_credits
     return found

@@ -76,6 +76,9 @@ def test_segminds_sdk_run_relights_through_relightq(
     metrics = result["metrics"]
     assert metrics["cost"] > 0 and metrics["remaining_credits"] < 100
     assert 0 <= metrics["inference_time"] <= metrics["total_time"]
+    assert metrics["queue_time"] + metrics["inference_time"] == pytest.approx(
+        metrics["total_time"], abs=0.002
+    )
     job = api.get(f"/v1/jobs/{result['request_id']}").json()
     assert job["status"] == "succeeded" and job["priority"] == 9
     assert job["credits_used"] == metrics["cost"]
@@ -183,6 +186,7 @@ def test_a_cancelled_request_is_failed_with_a_422(
     assert (body["request_id"], body["status"]) == (submitted["request_id"], "FAILED")
     assert body["error"] == "The request was cancelled"
     assert body["metrics"]["cost"] == 0  # Segmind refused the one call it got: no charge
+    assert set(body["metrics"]) == {"inference_time", "queue_time", "total_time", "cost"}
     assert 0 <= body["metrics"]["inference_time"] <= body["metrics"]["total_time"]
 
 
