@@ -231,6 +231,7 @@ def simulator(services: Services) -> Iterator[httpx.Client]:
         "valid_keys": None,
         "multi_image_mode": "base64",
         "rate_limit_per_minute": None,
+        "failed_rate": 0.0,
     }
     with httpx.Client(base_url=services.simulator, timeout=30) as client:
         client.post("/admin/config", json=defaults).raise_for_status()

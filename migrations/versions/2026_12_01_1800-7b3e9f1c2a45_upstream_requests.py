@@ -27,7 +27,8 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("upstream_status_url", sa.Text(), nullable=True))
     op.add_column("jobs", sa.Column("upstream_response_url", sa.Text(), nullable=True))
     op.add_column(
-        "jobs", sa.Column("upstream_submitted_at", relightq.db.UTCDateTime(timezone=True), nullable=True)
+        "jobs",
+        sa.Column("upstream_submitted_at", relightq.db.UTCDateTime(timezone=True), nullable=True),
     )
     op.add_column(
         "jobs",

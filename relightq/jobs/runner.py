@@ -417,9 +417,9 @@ def _run_v2(claim_: Claim, deps: RunnerDeps) -> None:
     the task's thread is free again as soon as the request id is committed."""
     keeper = deps.keeper
     lease = keeper.hold(JOB_LEASES, claim_.job_id, claim_.token)
-    # One slot per claim: a request taken over from a dead worker is counted under the
-    # new holder's token at once, while the dead one's entry runs out on its own.
-    slot = f"request:{claim_.job_id}:{claim_.token}"
+    # One slot per job, whoever holds it: a request taken over from a dead worker goes on
+    # counting once, under the same token, instead of twice until the dead entry expires.
+    slot = f"request:{claim_.job_id}"
     slot_ttl = 2 * keeper.lease_seconds
     polled: PolledRequest | None
     if claim_.request is not None:
@@ -430,6 +430,13 @@ def _run_v2(claim_: Claim, deps: RunnerDeps) -> None:
     else:
         polled = _submit(claim_, lease, slot, slot_ttl, deps)
     if polled is None:
+        keeper.drop(lease)
+        return
+    if keeper.draining.is_set():
+        # Stopping, and the hand-back of the polled requests may have run already: this
+        # one goes back on its own (request kept) for another worker to poll.
+        deps.fleet.let_go(slot)
+        keeper.abandon([lease])
         keeper.drop(lease)
         return
     deps.poller.track(lease, lambda: _poll(polled, deps), _next_poll(polled, deps.settings))
@@ -504,7 +511,7 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
     claim_, lease = polled.claim, polled.lease
     if lease.lost:
         # Taken over (this process could not renew in time, or handed it back on stop):
-        # the new holder counts the request under its own slot.
+        # the new holder keeps counting the request under the job's slot.
         deps.fleet.let_go(polled.slot)
         deps.keeper.drop(lease)
         return None

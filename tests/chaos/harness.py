@@ -159,6 +159,23 @@ class Deployment:
         rows = self.sql("SELECT id, lease_holder FROM jobs WHERE status = 'running'")
         return {str(job_id) for job_id, holder in rows if holder and pid in holder}
 
+    @property
+    def api_version(self) -> str:
+        """The Segmind API the workers use (v1 calls, or v2 requests polled)."""
+        return (
+            self.env.get("RELIGHTQ_SEGMIND_API_VERSION") or default_settings().segmind_api_version
+        )
+
+    def claimed_since(self, ids: set[str] | list[str], epoch: float) -> set[str]:
+        """Jobs a worker claimed after ``epoch`` (each claim sets started_at), or final."""
+        rows = self.sql(
+            "SELECT id FROM jobs WHERE id::text = ANY(%s) AND (started_at > to_timestamp(%s) "
+            "OR status IN ('succeeded', 'failed', 'cancelled'))",
+            list(ids),
+            epoch,
+        )
+        return {str(job_id) for (job_id,) in rows}
+
     def attempts(self, ids: set[str] | list[str]) -> dict[str, int]:
         """Each job's attempt count (a takeover claims the job again: one more)."""
         rows = self.sql("SELECT id, attempts FROM jobs WHERE id::text = ANY(%s)", list(ids))

@@ -1,5 +1,6 @@
 """Chaos on a whole deployment of real processes, at DEFAULT settings: nothing accepted is
-lost or done twice, and recovery takes seconds.
+lost or done twice, and recovery takes seconds. Every test runs against both Segmind APIs:
+v1 (a blocking call per job) and v2 (a request submitted once, then polled).
 
 Each test breaks one thing (a worker killed mid-call, a worker told to stop, Redis
 flushed, credits running out, injected 500s, PostgreSQL restarted) and then checks the
@@ -43,11 +44,20 @@ def postgres() -> Iterator[PrivatePostgres]:
         yield pg
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["v1", "v2"])
 def fleet(
-    tmp_path_factory: pytest.TempPathFactory, postgres: PrivatePostgres
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PrivatePostgres,
 ) -> Iterator[Deployment]:
-    with deployment(tmp_path_factory.mktemp("chaos"), own_postgres=postgres) as d:
+    # The default mode runs with nothing set; only the other one is named.
+    mode = (
+        {}
+        if request.param == DEFAULTS.segmind_api_version
+        else {"segmind_api_version": request.param}
+    )
+    with deployment(tmp_path_factory.mktemp("chaos"), own_postgres=postgres, **mode) as d:
+        assert d.api_version == request.param
         yield d
 
 
@@ -87,8 +97,13 @@ def assert_all_succeeded_once(fleet: Deployment, jobs: list[dict[str, Any]]) -> 
 
 
 def paid_calls(sim: httpx.Client) -> int:
-    """Calls the simulator charged for (it refunds a call whose client hung up)."""
+    """Calls the simulator charged for (it refunds a v1 call whose client hung up)."""
     return int(sim.get("/admin/stats").json()["by_status"].get("200", 0))
+
+
+def submitted(sim: httpx.Client) -> int:
+    """Calls (v1) or requests (v2) the simulator saw started."""
+    return int(sim.get("/admin/stats").json()["calls"])
 
 
 def wait_in_flight(fleet: Deployment, sim: httpx.Client, count: int) -> None:
@@ -118,15 +133,14 @@ def test_a_worker_killed_mid_call_is_taken_over_within_45_s_while_live_calls_kee
     )
     lost, kept = fleet.held_by(victim), fleet.held_by(survivor)
     assert lost and len(lost | kept) == CAP
-    killed_at = time.monotonic()
+    killed_at, killed_epoch = time.monotonic(), time.time()
     fleet.kill(victim)  # SIGKILL: no cleanup, no acks; nobody restarts it here
 
     taken_over: dict[str, float] = {}
     deadline = killed_at + TAKEOVER_SECONDS + 15
     while len(taken_over) < len(lost) and time.monotonic() < deadline:
-        for job_id, attempts in fleet.attempts(lost).items():
-            if attempts >= 2 and job_id not in taken_over:
-                taken_over[job_id] = time.monotonic() - killed_at
+        for job_id in fleet.claimed_since(lost, killed_epoch):
+            taken_over.setdefault(job_id, time.monotonic() - killed_at)
         time.sleep(0.2)
     assert len(taken_over) == len(lost), fleet.log_tail()
     assert max(taken_over.values()) <= TAKEOVER_SECONDS, taken_over
@@ -136,7 +150,11 @@ def test_a_worker_killed_mid_call_is_taken_over_within_45_s_while_live_calls_kee
     by_id = {j["id"]: j for j in jobs}
     # The survivor's calls outlived the lease and were never handed to anyone else.
     assert all(by_id[i]["attempts"] == 1 for i in kept)
-    assert paid_calls(sim) == CAP  # the killed calls were cut off, so not charged here
+    assert paid_calls(sim) == CAP  # v1: the killed calls were cut off, so not charged here
+    if fleet.api_version == "v2":
+        # The killed worker's requests ran on at Segmind and were collected, not bought again.
+        assert submitted(sim) == CAP
+        assert all(j["attempts"] == 1 for j in jobs)
 
 
 def test_a_worker_restarted_on_the_same_host_takes_back_its_dead_predecessors_jobs_at_once(
@@ -150,10 +168,10 @@ def test_a_worker_restarted_on_the_same_host_takes_back_its_dead_predecessors_jo
     # killed while idle would prove nothing. SIGKILL: calls in flight, no acks.
     for name in ("worker0", "worker1"):
         fleet.kill(name)
-    started = time.monotonic()
+    started, killed_epoch = time.monotonic(), time.time()
     fleet.start_worker("worker0")
     ready = time.monotonic()
-    while min(fleet.attempts(held).values()) < 2:
+    while fleet.claimed_since(held, killed_epoch) != held:
         # Taken back at once: far sooner than the 30 s lease would run out.
         assert time.monotonic() - ready < 10, fleet.log_tail()
         time.sleep(0.1)
@@ -162,6 +180,8 @@ def test_a_worker_restarted_on_the_same_host_takes_back_its_dead_predecessors_jo
     assert time.monotonic() - started <= 60  # all done within 60 s of the new worker
     assert_all_succeeded_once(fleet, jobs)
     assert "held by a dead worker on this host" in fleet.log_tail(200)
+    if fleet.api_version == "v2":
+        assert submitted(sim) == len(ids)  # every request collected, none bought twice
 
 
 def test_sigterm_mid_call_finishes_the_calls_on_the_wire_and_hands_back_the_rest(
@@ -174,19 +194,33 @@ def test_sigterm_mid_call_finishes_the_calls_on_the_wire_and_hands_back_the_rest
     # Both stopped as soon as their calls (3 s) were done, not at the end of the grace.
     assert took < 3.0 + 10 < DEFAULTS.worker_shutdown_grace_seconds
 
-    rows = fleet.sql("SELECT status, attempts FROM jobs WHERE id::text = ANY(%s)", ids)
-    # Nothing is left held by a stopped worker: each job is done, or back in the queue
-    # with its attempt refunded (claimed, but it had not called Segmind yet).
-    assert {status for status, _ in rows} <= {"succeeded", "queued"}, rows
-    done = [attempts for status, attempts in rows if status == "succeeded"]
-    assert len(done) >= CAP  # the calls on the wire were finished and recorded
-    assert all(attempts == 0 for status, attempts in rows if status == "queued")
-    assert paid_calls(sim) == len(done)
+    if fleet.api_version == "v2":
+        # Nothing waits on the wire in v2: the requests were handed back at once, their
+        # leases ended and their request ids kept for the next worker to poll.
+        rows = fleet.sql(
+            "SELECT status, attempts, upstream_request_id IS NOT NULL, lease_expires_at < now() "
+            "FROM jobs WHERE id::text = ANY(%s)",
+            ids,
+        )
+        submitted_jobs = [r for r in rows if r[2]]
+        assert len(submitted_jobs) >= CAP, rows
+        assert all(r[0] == "running" and r[3] for r in submitted_jobs), rows
+        assert {r[0] for r in rows if not r[2]} <= {"succeeded", "queued"}, rows
+    else:
+        rows = fleet.sql("SELECT status, attempts FROM jobs WHERE id::text = ANY(%s)", ids)
+        # Nothing is left held by a stopped worker: each job is done, or back in the queue
+        # with its attempt refunded (claimed, but it had not called Segmind yet).
+        assert {status for status, _ in rows} <= {"succeeded", "queued"}, rows
+        done = [attempts for status, attempts in rows if status == "succeeded"]
+        assert len(done) >= CAP  # the calls on the wire were finished and recorded
+        assert all(attempts == 0 for status, attempts in rows if status == "queued")
+        assert paid_calls(sim) == len(done)
 
     fleet.start_worker("worker0")
     jobs = wait_final(fleet, ids, timeout=60)
     assert_all_succeeded_once(fleet, jobs)
     assert paid_calls(sim) == len(ids)  # 0 calls paid twice
+    assert submitted(sim) == len(ids)
     assert all(j["attempts"] == 1 for j in jobs)  # handed back with its attempt refunded
 
 
@@ -199,19 +233,26 @@ def test_a_second_sigterm_hands_back_the_calls_still_running_and_exits_at_once(
     stopping = "worker0" if fleet.held_by("worker0") else "worker1"
     held = fleet.held_by(stopping)
     process = fleet.processes[stopping]
+    signalled_epoch = time.time()
     fleet.signal(stopping)
     time.sleep(2)
-    assert process.poll() is None  # the first SIGTERM waits for the calls on the wire
-    fleet.signal(stopping)
-    process.wait(10)  # the second ends it now
+    if fleet.api_version == "v1":
+        assert process.poll() is None  # the first SIGTERM waits for the calls on the wire
+        fleet.signal(stopping)
+        process.wait(10)  # the second ends it now
+    else:
+        # v2 holds no call on the wire: the first SIGTERM hands the requests back and exits.
+        assert process.poll() is not None
     fleet.processes.pop(stopping)
     ended = time.monotonic()
     # Handed back with their leases ended: the other worker takes them at once, not 30 s on.
-    while min(fleet.attempts(held).values()) < 2:
+    while fleet.claimed_since(held, signalled_epoch) != held:
         assert time.monotonic() - ended < 10, fleet.log_tail()
         time.sleep(0.1)
     jobs = wait_final(fleet, ids, timeout=120)
     assert_all_succeeded_once(fleet, jobs)
+    if fleet.api_version == "v2":
+        assert submitted(sim) == CAP  # the handed-back requests were collected, not resubmitted
 
 
 def test_flushall_with_jobs_queued_still_completes_every_job(
@@ -305,3 +346,4 @@ def test_postgres_restarted_mid_call_pays_no_call_twice_and_the_api_answers_503(
     jobs = wait_final(fleet, ids, timeout=180)
     assert_all_succeeded_once(fleet, jobs)
     assert paid_calls(sim) == len(ids)  # the outcomes outlived the restart: 0 paid twice
+    assert submitted(sim) == len(ids)
