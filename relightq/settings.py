@@ -68,9 +68,10 @@ class Settings(BaseSettings):
     # the worker polls without holding a thread; a worker killed after the submit never
     # pays for the job again.
     segmind_api_version: Literal["v1", "v2"] = "v1"
-    # v2: a request is polled after a fifth of its age, never sooner than this ...
-    segmind_poll_min_seconds: float = Field(default=0.5, gt=0)
-    # ... and never later than this (Segmind's calls take about 30 s).
+    # v2: the shortest wait between two polls of a request. A worker learns how long
+    # requests take and polls each first at 80 % of that, then every twentieth of its age.
+    segmind_poll_min_seconds: float = Field(default=0.1, gt=0)
+    # v2: the longest wait between two polls of a request (Segmind's calls take ~30 s).
     segmind_poll_max_seconds: float = Field(default=30.0, gt=0)
 
     # Read timeout of one upstream call.

@@ -43,7 +43,7 @@ from relightq.jobs.models import (
     JobStatus,
     UpstreamState,
 )
-from relightq.jobs.polling import Poller
+from relightq.jobs.polling import Poller, PollSchedule
 from relightq.jobs.service import JOB_LEASES, cancelled_values, output_key, publish_job
 from relightq.leases import Lease, LeaseKeeper
 from relightq.logs import bind, bound
@@ -116,6 +116,22 @@ class RunnerDeps:
     fleet: Fleet
     keeper: LeaseKeeper
     poller: Poller = field(default_factory=Poller)
+    schedule: PollSchedule | None = None
+
+    def poll_schedule(self) -> PollSchedule:
+        """This process's poll timing (it learns how long requests take)."""
+        if self.schedule is None:
+            # Frozen, and shared by every job of the process: set once, on first use.
+            object.__setattr__(
+                self,
+                "schedule",
+                PollSchedule(
+                    self.settings.segmind_poll_min_seconds,
+                    self.settings.segmind_poll_max_seconds,
+                ),
+            )
+        assert self.schedule is not None
+        return self.schedule
 
     @property
     def uses_v2(self) -> bool:
@@ -439,7 +455,7 @@ def _run_v2(claim_: Claim, deps: RunnerDeps) -> None:
         keeper.abandon([lease])
         keeper.drop(lease)
         return
-    deps.poller.track(lease, lambda: _poll(polled, deps), _next_poll(polled, deps.settings))
+    deps.poller.track(lease, lambda: _poll(polled, deps), _next_poll(polled, deps))
 
 
 def _submit(
@@ -499,11 +515,12 @@ def _record_submitted(claim_: Claim, request: UpstreamRequest) -> bool:
         return bool(done.rowcount)  # type: ignore[attr-defined]
 
 
-def _next_poll(polled: PolledRequest, settings: Settings) -> float:
-    """A fifth of the request's age, within the configured bounds: a request is noticed
-    done within ~20 % of its time, with ~15 polls for a 30 s call."""
-    age = (utcnow() - polled.submitted_at).total_seconds()
-    return min(settings.segmind_poll_max_seconds, max(settings.segmind_poll_min_seconds, age / 5))
+def _age(polled: PolledRequest) -> float:
+    return (utcnow() - polled.submitted_at).total_seconds()
+
+
+def _next_poll(polled: PolledRequest, deps: RunnerDeps) -> float:
+    return deps.poll_schedule().next_delay(_age(polled))
 
 
 def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
@@ -520,7 +537,8 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
         state = deps.client.status(polled.request)
         UPSTREAM_POLLS.labels(state.status).inc()
         if not state.done:
-            return _next_poll(polled, deps.settings)
+            return _next_poll(polled, deps)
+        deps.poll_schedule().observe(_age(polled))
         result = deps.client.result(polled.request)
     except SegmindRateLimited as exc:
         UPSTREAM_POLLS.labels("rate_limited").inc()
@@ -566,7 +584,7 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
         # 5xx, a timeout, a garbled answer: a poll is free and safe to repeat.
         UPSTREAM_POLLS.labels("error").inc()
         log.info("job %s: poll failed (%s); polling again", claim_.job_id, exc.code)
-        return _next_poll(polled, deps.settings)
+        return _next_poll(polled, deps)
     deps.fleet.release(polled.slot)
     _succeed(claim_, result, deps, CallRecord(call.started_at, 200, request_id=call.request_id))
     deps.keeper.drop(lease)
