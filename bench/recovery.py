@@ -44,14 +44,16 @@ def _wait_in_flight(d: Deployment, count: int) -> None:
             time.sleep(0.02)
 
 
-def _takeovers(d: Deployment, ids: set[str], since: float, timeout: float) -> list[float]:
-    """Seconds from ``since`` until each job of ``ids`` was claimed again."""
+def _takeovers(
+    d: Deployment, ids: set[str], since: float, timeout: float, killed_epoch: float
+) -> list[float]:
+    """Seconds from ``since`` (time.monotonic()) until each job of ``ids`` was claimed
+    after ``killed_epoch`` (a v2 job resumed by polling is claimed without a new attempt)."""
     seen: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     while len(seen) < len(ids) and time.monotonic() < deadline:
-        for job_id, attempts in d.attempts(ids).items():
-            if attempts >= 2 and job_id not in seen:
-                seen[job_id] = time.monotonic() - since
+        for job_id in d.claimed_since(ids, killed_epoch):
+            seen.setdefault(job_id, time.monotonic() - since)
         time.sleep(0.05)
     if len(seen) < len(ids):
         raise TimeoutError(f"{len(ids) - len(seen)} jobs were not taken over\n{d.log_tail()}")
@@ -85,9 +87,9 @@ def sigkill_lease(d: Deployment, latency: float) -> dict[str, Any]:
     _wait_in_flight(d, CAP)
     victim = "worker0" if d.held_by("worker0") else "worker1"
     lost = d.held_by(victim)
-    killed = time.monotonic()
+    killed, killed_epoch = time.monotonic(), time.time()
     d.kill(victim)
-    times = _takeovers(d, lost, killed, timeout=120)
+    times = _takeovers(d, lost, killed, timeout=120, killed_epoch=killed_epoch)
     wait_final(d, ids, timeout=120)
     return {"jobs_taken_over": len(lost), **_summary(times)}
 
@@ -99,10 +101,11 @@ def sigkill_restart(d: Deployment, latency: float) -> dict[str, Any]:
     ids = submit(d, 3 * CAP)
     _wait_in_flight(d, CAP)
     held = d.held_by("worker0") | d.held_by("worker1")
+    killed_epoch = time.time()
     d.kill("worker0")
     d.kill("worker1")
     d.start_worker("worker0")
-    times = _takeovers(d, held, time.monotonic(), timeout=120)
+    times = _takeovers(d, held, time.monotonic(), timeout=120, killed_epoch=killed_epoch)
     wait_final(d, ids, timeout=120)
     return {"jobs_taken_over": len(held), **_summary(times)}
 

@@ -337,8 +337,11 @@ class LeaseKeeper:
                 if ids:
                     table.publish(session, ids)
                     LEASES_RECOVERED.labels(table.name, "handed_back").inc(len(ids))
-        for lease in leases:
-            lease.taken = True
+        with self._lock:
+            for lease in leases:
+                lease.taken = True
+                # Not renewed again: a renewal would push the ended lease out once more.
+                self._held.pop(lease.token, None)
         log.warning("handed back %d held rows", len(leases))
         return len(leases)
 

@@ -62,12 +62,12 @@ class Settings(BaseSettings):
     simulator_url: str = "http://127.0.0.1:8090"
     # Segmind bills per call in dollars-as-credits; the price used for a job's credits_used.
     segmind_credits_per_image: float = 0.037
-    # Which Segmind API a job's call goes through (docs/concepts/upstream-modes.md).
-    # "v1": one blocking call per job, a worker thread waiting ~30 s on it. "v2": Segmind's
-    # queue: the submit answers a request id at once, committed before anything else, and
-    # the worker polls without holding a thread; a worker killed after the submit never
-    # pays for the job again.
-    segmind_api_version: Literal["v1", "v2"] = "v1"
+    # Which Segmind API jobs go through (docs/concepts/upstream-modes.md). "v2", the
+    # default: Segmind's queue; the submit answers a request id at once, committed before
+    # anything else, and workers poll it without holding a thread, so a worker killed
+    # after the submit never makes the job pay again. "v1": one blocking ~30 s call per
+    # job and thread, for upstreams that only speak v1.
+    segmind_api_version: Literal["v1", "v2"] = "v2"
     # v2: the shortest wait between two polls of a request. A worker learns how long
     # requests take and polls each first at 80 % of that, then every twentieth of its age.
     segmind_poll_min_seconds: float = Field(default=0.1, gt=0)

@@ -199,16 +199,33 @@ def api(services: Services, tenant: TenantKey) -> Iterator[httpx.Client]:
         yield client
 
 
-def cancel_leftover_jobs() -> None:
-    """Earlier tests' unfinished jobs must not reach this test's simulator."""
+def cancel_leftover_jobs(*, running: bool = True) -> None:
+    """Earlier tests' unfinished jobs must not reach this test's simulator (``running``:
+    those a worker holds too)."""
     from sqlalchemy import update
 
     from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
 
+    left = [JobStatus.RUNNING, *FINAL_STATUSES] if not running else list(FINAL_STATUSES)
+    unfinished = Job.status.not_in(left)
     with session_scope() as session:
-        session.execute(
-            update(Job).where(Job.status.not_in(FINAL_STATUSES)).values(status=JobStatus.CANCELLED)
-        )
+        session.execute(update(Job).where(unfinished).values(status=JobStatus.CANCELLED))
+
+
+def running_jobs() -> int:
+    """Jobs a worker holds now (a live lease naming its holder)."""
+    from sqlalchemy import func, select
+
+    from relightq.db import utcnow
+    from relightq.jobs.models import Job, JobStatus
+
+    held = (
+        (Job.status == JobStatus.RUNNING)
+        & Job.lease_holder.is_not(None)
+        & (Job.lease_expires_at > utcnow())
+    )
+    with session_scope() as session:
+        return int(session.scalar(select(func.count()).select_from(Job).where(held)) or 0)
 
 
 def reset_fleet() -> None:
@@ -235,7 +252,16 @@ def simulator(services: Services) -> Iterator[httpx.Client]:
     }
     with httpx.Client(base_url=services.simulator, timeout=30) as client:
         client.post("/admin/config", json=defaults).raise_for_status()
+        # Earlier tests' jobs: those not started never start; those a worker holds (a call
+        # on the wire, a request being polled, a slot being waited for) finish first, so
+        # none of their calls lands in this test's statistics.
+        cancel_leftover_jobs(running=False)
+        reset_fleet()
+        deadline = time.monotonic() + 15
+        while running_jobs() and time.monotonic() < deadline:
+            time.sleep(0.05)
         cancel_leftover_jobs()
+        client.post("/admin/forget").raise_for_status()  # v2 requests nobody will collect
         deadline = time.monotonic() + 10
         while client.get("/admin/stats").json()["in_flight"] and time.monotonic() < deadline:
             time.sleep(0.05)

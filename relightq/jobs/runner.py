@@ -471,9 +471,15 @@ def _submit(
     except SegmindError as exc:
         observe_upstream(time.monotonic() - clock, exc.status, exc.code)
         # Nothing was queued upstream: the same decisions as a v1 call's answer.
-        _handle_upstream_error(claim_, CallRecord(started, exc.status, exc), deps)
-        deps.fleet.release(slot)
+        try:
+            _handle_upstream_error(claim_, CallRecord(started, exc.status, exc), deps)
+        finally:
+            deps.fleet.release(slot)
         return None
+    except BaseException:
+        # A bug, not an answer: a slot kept would be renewed forever and shrink the cap.
+        deps.fleet.release(slot)
+        raise
     answered = time.monotonic()
     observe_upstream(answered - clock, 200, None)
     # The receipt first: until this commits, a crash would lose a paid request.
@@ -585,8 +591,11 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
         UPSTREAM_POLLS.labels("error").inc()
         log.info("job %s: poll failed (%s); polling again", claim_.job_id, exc.code)
         return _next_poll(polled, deps)
-    deps.fleet.release(polled.slot)
-    _succeed(claim_, result, deps, CallRecord(call.started_at, 200, request_id=call.request_id))
+    try:
+        _succeed(claim_, result, deps, CallRecord(call.started_at, 200, request_id=call.request_id))
+    finally:
+        # Freed once the credits are recorded: the next request's budget check sees them.
+        deps.fleet.release(polled.slot)
     deps.keeper.drop(lease)
     return None
 
@@ -746,12 +755,13 @@ def _handle_upstream_error(claim_: Claim, call: CallRecord, deps: RunnerDeps) ->
     assert exc is not None
     settings = deps.settings
     if isinstance(exc, SegmindRequestFailed) and not exc.transient:
+        # A FAILED request whose error names its own fault: v1 would have answered 422.
         _finish(
             claim_,
             call,
             status=JobStatus.FAILED,
-            code=exc.code,
-            message=f"Segmind's request failed: {exc.message}",
+            code=SegmindRejected.code,
+            message=f"Segmind answered {exc.status}: {exc.message}",
         )
     elif isinstance(exc, SegmindRejected):
         _finish(

@@ -175,6 +175,8 @@ def test_an_unexpected_error_during_the_call_still_frees_the_fleet_slot(
         def relight(self, *_: object) -> RelightResult:
             raise RuntimeError("a bug, not a Segmind answer")
 
+        submit = relight  # v2's call
+
     fleet = LocalFleet(1, 100)
     deps = RunnerDeps(get_settings(), BrokenClient(), MemoryStorage(), fleet, keeper())  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):

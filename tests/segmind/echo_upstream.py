@@ -11,10 +11,12 @@ PADDING = 995
 
 
 def echoing_upstream() -> FastAPI:
-    """POST /v1/ic-light and GET /v1/get-user-credits, answering errors that quote the key."""
+    """POST /v1/ic-light (and v2's submit) and GET /v1/get-user-credits, answering errors
+    that quote the key."""
     app = FastAPI()
 
     @app.post("/v1/ic-light")
+    @app.post("/v2/ic-light")
     async def relight(request: Request) -> Response:
         key = request.headers.get("x-api-key", "")
         if request.headers.get("content-type", "").startswith("application/json"):
