@@ -121,6 +121,9 @@ class AttemptOut(BaseModel):
     http_status: int | None
     error_code: str | None
     error_message: str | None
+    upstream_request_id: str | None = Field(
+        default=None, description="Segmind v2: the request this call submitted or polled"
+    )
     started_at: datetime
     finished_at: datetime
 
@@ -136,6 +139,11 @@ class JobOut(BaseModel):
     attempt_log: list[AttemptOut]
     error: ErrorOut | None
     waiting_reason: str | None
+    upstream_request_id: str | None = Field(
+        default=None,
+        description="Segmind v2: the request submitted for this job and not yet collected "
+        "(the receipt any worker collects it with)",
+    )
     outputs: list[OutputOut]
     credits_used: float
     created_at: datetime

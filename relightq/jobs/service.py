@@ -223,6 +223,7 @@ def job_view(job: Job, storage: Storage) -> JobOut:
         attempt_log=attempt_log(job),
         error=error,
         waiting_reason=job.waiting_reason,
+        upstream_request_id=job.upstream_request_id,
         outputs=[
             OutputOut(
                 index=o.index,

@@ -85,6 +85,11 @@ def test_a_url_job_ends_with_a_correct_image_in_s3(
     assert output["bytes"] == len(data) and output["sha256"] == hashlib.sha256(data).hexdigest()
     assert output["content_type"] == "image/webp"
     assert job["credits_used"] == pytest.approx(0.037)
+    # By default through Segmind's v2 queue: the call names the request it collected,
+    # and a collected job keeps no request in flight.
+    [call] = job["attempt_log"]
+    assert call["upstream_request_id"] and job["upstream_request_id"] is None
+    assert simulator.get("/admin/stats").json()["by_api"] == {"v1": 0, "v2": 1}
     with session_scope() as session:
         state = session.scalar(select(UpstreamState))
     assert state is not None
