@@ -74,6 +74,10 @@ from relightq.webhooks.events import emit_job_final
 log = logging.getLogger(__name__)
 
 RATE_LIMIT_FALLBACK_SECONDS = 10.0
+# v2: polls failing in a row (Segmind unreachable, outputs not downloadable) before the
+# attempt counts as failed: ~10 minutes at FAILED_POLL_RETRY_SECONDS apart.
+MAX_FAILED_POLLS = 30
+FAILED_POLL_RETRY_SECONDS = 20.0
 SHUTTING_DOWN = "shutting_down"
 SLOT_POLL_SECONDS = 0.004
 
@@ -426,6 +430,7 @@ class PolledRequest:
     request: UpstreamRequest
     submitted_at: datetime
     started_at: datetime
+    failed_polls: int = 0  # in a row
 
 
 def _run_v2(claim_: Claim, deps: RunnerDeps) -> None:
@@ -543,6 +548,7 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
         state = deps.client.status(polled.request)
         UPSTREAM_POLLS.labels(state.status).inc()
         if not state.done:
+            polled.failed_polls = 0
             return _next_poll(polled, deps)
         deps.poll_schedule().observe(_age(polled))
         result = deps.client.result(polled.request)
@@ -587,10 +593,20 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
         deps.keeper.drop(lease)
         return None
     except SegmindError as exc:
-        # 5xx, a timeout, a garbled answer: a poll is free and safe to repeat.
+        # 5xx, a timeout, a garbled answer, an output not downloadable yet: a poll is free
+        # and safe to repeat, for a while. Past that the attempt has failed (its outputs
+        # are out of reach) and takes the usual path: backoff, within max_attempts.
         UPSTREAM_POLLS.labels("error").inc()
-        log.info("job %s: poll failed (%s); polling again", claim_.job_id, exc.code)
-        return _next_poll(polled, deps)
+        polled.failed_polls += 1
+        if polled.failed_polls < MAX_FAILED_POLLS:
+            log.info("job %s: poll failed (%s); polling again", claim_.job_id, exc.code)
+            return min(_next_poll(polled, deps), FAILED_POLL_RETRY_SECONDS)
+        deps.fleet.release(polled.slot)
+        _handle_upstream_error(
+            claim_, CallRecord(call.started_at, exc.status, exc, call.request_id), deps
+        )
+        deps.keeper.drop(lease)
+        return None
     try:
         _succeed(claim_, result, deps, CallRecord(call.started_at, 200, request_id=call.request_id))
     finally:

@@ -337,3 +337,33 @@ def test_a_stopping_worker_hands_its_requests_to_the_next_one_without_resubmitti
     assert {j.status for j in jobs} == {JobStatus.SUCCEEDED}
     assert stats(simulator)["calls"] == 3  # nothing submitted twice
     assert [j.attempts for j in jobs] == [1, 1, 1]
+
+
+def test_polls_failing_for_long_count_as_a_failed_attempt_not_as_a_request_lost_forever(
+    tenant: TenantKey,
+    simulator: httpx.Client,
+    deps_for: Callable[..., RunnerDeps],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The bound is ~10 minutes of failed polls at the defaults; its logic is checked at 3.
+    from relightq.jobs import runner
+    from relightq.segmind.errors import SegmindUnavailable
+
+    monkeypatch.setattr(runner, "MAX_FAILED_POLLS", 3)
+    monkeypatch.setattr(runner, "FAILED_POLL_RETRY_SECONDS", 0.05)
+    deps = deps_for()
+
+    def unreachable(*_: object) -> None:
+        raise SegmindUnavailable("could not reach Segmind (ConnectError)")
+
+    monkeypatch.setattr(deps.client, "status", unreachable)
+    job_id = new_job(tenant)
+    run_job(job_id, deps)
+    wait_for(lambda: len(attempt_rows(job_id)) >= 1)
+    # One counted attempt, retried on the usual backoff (by whichever worker); the
+    # request is given up.
+    call = attempt_rows(job_id)[0]
+    assert (call.outcome, call.error_code, call.counted) == ("retry", "segmind_unavailable", True)
+    assert (
+        call.upstream_request_id and call.upstream_request_id != job_row(job_id).upstream_request_id
+    )
