@@ -23,6 +23,7 @@ import json
 import re
 import tempfile
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +68,32 @@ def _receipt_seconds(metrics: str) -> tuple[int, float]:
     return int(float(count.group(1))), float(total.group(1)) / float(count.group(1))
 
 
+def _deployment(
+    workdir: Path, mode: str, cap: int, threads: int, **settings: str
+) -> AbstractContextManager[Deployment]:
+    """relightq's defaults but the mode, a plan of ``cap`` calls, and ``threads`` per worker;
+    no worker started yet."""
+    return deployment(
+        workdir,
+        workers=0,
+        own_postgres=None,
+        segmind_api_version=mode,
+        max_concurrent_calls=str(cap),
+        max_calls_per_minute="100000",
+        worker_concurrency=str(threads),
+        **settings,
+    )
+
+
 def sigkill(mode: str, latency: float, in_flight: int, workdir: Path) -> dict[str, Any]:
     """Kill the worker holding ``in_flight`` calls; a new one starts on the same host."""
-    with deployment(
+    metrics_port = str(free_port())
+    with _deployment(
         workdir / f"kill-{mode}",
-        workers=0,
-        segmind_api_version=mode,
-        max_concurrent_calls=str(in_flight),
-        max_calls_per_minute="100000",
-        worker_concurrency=str(in_flight + 4),
-        worker_metrics_port=str(free_port()),
+        mode,
+        in_flight,
+        in_flight + 4,
+        worker_metrics_port=metrics_port,
     ) as d:
         d.start_worker("worker0")
         _configure(d, latency)
@@ -108,14 +125,7 @@ def memory(mode: str, count: int, latency: float, workdir: Path) -> dict[str, An
     """Worker RSS idle and with ``count`` calls (v1) or requests (v2) in flight."""
     # v1 needs a thread per call; v2 runs on the default thread count.
     threads = count + 4 if mode == "v1" else default_settings().worker_concurrency
-    with deployment(
-        workdir / f"rss-{mode}",
-        workers=0,
-        segmind_api_version=mode,
-        max_concurrent_calls=str(count),
-        max_calls_per_minute="100000",
-        worker_concurrency=str(threads),
-    ) as d:
+    with _deployment(workdir / f"rss-{mode}", mode, count, threads) as d:
         d.start_worker("worker0")
         _configure(d, latency)
         warm = submit(d, 4)  # load every module a job touches before measuring

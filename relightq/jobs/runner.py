@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
@@ -248,6 +248,13 @@ _NO_REQUEST = {
 }
 
 
+def _still_ours(claim_: Claim) -> ColumnElement[bool]:
+    """The job's row while this worker still holds its lease."""
+    return and_(
+        Job.id == claim_.job_id, Job.lease_token == claim_.token, Job.status == JobStatus.RUNNING
+    )
+
+
 def _owned_update(claim_: Claim, *, keep_request: bool = False, **values: Any) -> Any:
     """An UPDATE that only lands while this worker still holds the lease; it ends the
     lease, and forgets the job's v2 request unless ``keep_request`` (still to collect)."""
@@ -255,11 +262,7 @@ def _owned_update(claim_: Claim, *, keep_request: bool = False, **values: Any) -
         values = {**_NO_REQUEST, **values}
     return (
         update(Job)
-        .where(
-            Job.id == claim_.job_id,
-            Job.lease_token == claim_.token,
-            Job.status == JobStatus.RUNNING,
-        )
+        .where(_still_ours(claim_))
         .values(
             updated_at=utcnow(),
             lease_token=None,
@@ -510,11 +513,7 @@ def _record_submitted(claim_: Claim, request: UpstreamRequest) -> bool:
     with session_scope() as session:
         done = session.execute(
             update(Job)
-            .where(
-                Job.id == claim_.job_id,
-                Job.lease_token == claim_.token,
-                Job.status == JobStatus.RUNNING,
-            )
+            .where(_still_ours(claim_))
             .values(
                 upstream_request_id=request.request_id,
                 upstream_status_url=request.status_url,

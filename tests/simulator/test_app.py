@@ -7,20 +7,15 @@ import dataclasses
 import datetime as dt
 import io
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image, ImageStat
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
 
-from relightq.serving import serve_in_thread
-from relightq.simulator.app import create_app
 from relightq.simulator.state import SimulatorState
 
 KEY = {"x-api-key": "test-key"}
@@ -42,24 +37,6 @@ async def subject_png(request: Request) -> Response:
 
 async def not_an_image(request: Request) -> Response:
     return PlainTextResponse("definitely not pixels")
-
-
-@pytest.fixture(scope="module")
-def sim_state() -> SimulatorState:
-    return SimulatorState()
-
-
-@pytest.fixture(scope="module")
-def sim_url(sim_state: SimulatorState) -> Iterator[str]:
-    with serve_in_thread(create_app(sim_state)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def assets_url() -> Iterator[str]:
-    routes = [Route("/subject.png", subject_png), Route("/notes.txt", not_an_image)]
-    with serve_in_thread(Starlette(routes=routes)) as url:
-        yield url
 
 
 @pytest.fixture(autouse=True)

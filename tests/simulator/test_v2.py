@@ -6,42 +6,19 @@ import dataclasses
 import io
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
-from starlette.applications import Starlette
-from starlette.routing import Route
 
-from relightq.serving import serve_in_thread
 from relightq.simulator import state as state_module
-from relightq.simulator.app import create_app
 from relightq.simulator.state import DEFAULT_FAILED_ERROR, SimulatorState
-from tests.simulator.test_app import KEY, SMALL, not_an_image, png_bytes, subject_png
+from tests.simulator.test_app import KEY, SMALL, png_bytes
 
 # Fields the fresh_state fixture leaves alone: objects shared with the running server.
 SHARED = {"stats", "outputs", "rng", "_window", "requests", "request_outputs", "_ended"}
-
-
-@pytest.fixture(scope="module")
-def sim_state() -> SimulatorState:
-    return SimulatorState()
-
-
-@pytest.fixture(scope="module")
-def sim_url(sim_state: SimulatorState) -> Iterator[str]:
-    with serve_in_thread(create_app(sim_state)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def assets_url() -> Iterator[str]:
-    routes = [Route("/subject.png", subject_png), Route("/notes.txt", not_an_image)]
-    with serve_in_thread(Starlette(routes=routes)) as url:
-        yield url
 
 
 @pytest.fixture(autouse=True)
