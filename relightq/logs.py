@@ -141,6 +141,11 @@ def configure(level: str = "INFO", fmt: str = "text", stream: IO[str] | None = N
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)
+    # httpx logs every request at INFO: with Segmind's v2 API that is each poll of each
+    # request, ~7 lines per job. relightq logs the submit and the outcome itself; httpx
+    # keeps its warnings, and LOG_LEVEL=DEBUG brings its requests back.
+    if logging.getLevelName(level.upper()) != logging.DEBUG:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     # Python's warnings go to stderr as bare text otherwise, past the format and redaction.
     logging.captureWarnings(True)
 
