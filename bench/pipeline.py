@@ -1,6 +1,6 @@
 """Benchmarks of the whole pipeline on real processes (one run prints every ratio).
 
-    .venv/bin/python -m bench.pipeline [--jobs 500] [--latency 1.0] [--cap 16]
+    .venv/bin/python -m bench.pipeline [--jobs 500] [--latency 1.0] [--cap 20] [--api-version v1]
 
 1. Throughput at the cap: with the simulator at latency L and a fleet cap of C concurrent
    calls, achieved upstream throughput / (C / L) for N jobs (goal >= 0.97). One worker
@@ -123,11 +123,17 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--cap", type=int, default=20)
+    parser.add_argument(
+        "--api-version", choices=["v1", "v2"], help="Segmind's API (default: relightq's)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="relightq-bench-"))
+    mode = {"segmind_api_version": args.api_version} if args.api_version else {}
     with deployment(
         workdir,
         workers=1,
+        own_postgres=None,
+        **mode,
         max_concurrent_calls=str(args.cap),
         worker_concurrency=str(args.cap + 8),
         probe_interval_seconds="0.5",

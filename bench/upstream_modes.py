@@ -73,6 +73,7 @@ def _deployment(
 ) -> AbstractContextManager[Deployment]:
     """relightq's defaults but the mode, a plan of ``cap`` calls, and ``threads`` per worker;
     no worker started yet."""
+    workdir.mkdir(parents=True, exist_ok=True)
     return deployment(
         workdir,
         workers=0,

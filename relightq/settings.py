@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     segmind_api_version: Literal["v1", "v2"] = "v2"
     # v2: the shortest wait between two polls of a request. A worker learns how long
     # requests take and polls each first at 80 % of that, then every twentieth of its age.
-    segmind_poll_min_seconds: float = Field(default=0.1, gt=0)
+    segmind_poll_min_seconds: float = Field(default=0.05, gt=0)
     # v2: the longest wait between two polls of a request (Segmind's calls take ~30 s).
     segmind_poll_max_seconds: float = Field(default=30.0, gt=0)
 

@@ -114,6 +114,7 @@ class Fleet(Protocol):
     def release(self, token: str) -> None: ...
     def keep(self, token: str, ttl_seconds: float) -> None: ...
     def let_go(self, token: str) -> None: ...
+    def wait_for_release(self, timeout: float) -> None: ...
     def pause(self, code: str, reason: str, *, manual: bool = False) -> bool: ...
     def resume(self, *, manual: bool = False) -> bool: ...
     def hold_until(self, epoch_seconds: float) -> None: ...
@@ -154,6 +155,7 @@ class RedisFleet:
         # token -> its lifetime in ms, renewed by this process's heartbeat while held.
         self._held: dict[str, int] = {}
         self._held_lock = threading.Lock()
+        self._released = threading.Condition()
         self._beating: threading.Thread | None = None
         self._epoch = f"{prefix}:epoch"
         self._state = f"{prefix}:state"
@@ -206,6 +208,14 @@ class RedisFleet:
         with self._held_lock:
             self._held.pop(token, None)
         self._redis.zrem(self._slots, token)
+        with self._released:
+            self._released.notify()
+
+    def wait_for_release(self, timeout: float) -> None:
+        """Sleep until this process frees a slot, or ``timeout`` seconds (a slot freed by
+        another process is seen at the next try)."""
+        with self._released:
+            self._released.wait(timeout)
 
     def renew(self) -> int:
         """Re-assert every slot this process holds; returns how many."""
@@ -316,6 +326,7 @@ class LocalFleet:
     max_concurrent: int
     max_per_minute: int
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _released: threading.Condition = field(default_factory=threading.Condition)
     _slots: set[str] = field(default_factory=set)
     _window: deque[float] = field(default_factory=deque)
     _data: dict[str, Any] = field(default_factory=dict)
@@ -343,6 +354,13 @@ class LocalFleet:
         """Free a slot."""
         with self._lock:
             self._slots.discard(token)
+        with self._released:
+            self._released.notify()
+
+    def wait_for_release(self, timeout: float) -> None:
+        """Sleep until a slot is freed, or ``timeout`` seconds."""
+        with self._released:
+            self._released.wait(timeout)
 
     def keep(self, token: str, ttl_seconds: float) -> None:
         """Count a request already submitted."""
