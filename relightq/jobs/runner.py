@@ -449,15 +449,29 @@ def _run_v2(claim_: Claim, deps: RunnerDeps) -> None:
     slot = f"request:{claim_.job_id}"
     slot_ttl = 2 * keeper.lease_seconds
     polled: PolledRequest | None
-    if claim_.request is not None:
-        deps.fleet.keep(slot, slot_ttl)
-        submitted = claim_.submitted_at or utcnow()
-        polled = PolledRequest(
-            claim_, lease, slot, claim_.request, submitted, utcnow(), claim_.batch_id is not None
-        )
-        log.info("job %s: polling request %s again", claim_.job_id, claim_.request.request_id)
-    else:
-        polled = _submit(claim_, lease, slot, slot_ttl, deps)
+    try:
+        if claim_.request is not None:
+            deps.fleet.keep(slot, slot_ttl)
+            submitted = claim_.submitted_at or utcnow()
+            polled = PolledRequest(
+                claim_,
+                lease,
+                slot,
+                claim_.request,
+                submitted,
+                utcnow(),
+                claim_.batch_id is not None,
+            )
+            log.info("job %s: polling request %s again", claim_.job_id, claim_.request.request_id)
+        else:
+            polled = _submit(claim_, lease, slot, slot_ttl, deps)
+    except BaseException:
+        # PostgreSQL gone past the retries, or a bug: stop renewing, so the lease runs out
+        # and another run takes the job (a request not yet recorded is the one window in
+        # which a job pays twice). The slot counts on until its TTL: a request may be out.
+        keeper.drop(lease)
+        deps.fleet.let_go(slot)
+        raise
     if polled is None:
         keeper.drop(lease)
         return
