@@ -183,6 +183,7 @@ def test_an_unexpected_error_during_the_call_still_frees_the_fleet_slot(
         run_job(new_job(tenant), deps)
     assert fleet.state().in_flight == 0
     assert fleet.acquire("next").admitted  # the cap of 1 is whole again
+    assert deps.keeper.held() == []  # nor is the job's lease renewed by nobody
 
 
 class RecordingClient:
