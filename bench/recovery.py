@@ -128,15 +128,19 @@ def sigterm(d: Deployment, latency: float) -> dict[str, Any]:
     finished: set[str] = set()
     while process.poll() is None or len(handed_back) + len(finished) < len(held):
         rows = d.sql(
-            "SELECT id, status, lease_holder FROM jobs WHERE id::text = ANY(%s)", list(held)
+            "SELECT id, status, lease_holder, lease_expires_at < now() FROM jobs "
+            "WHERE id::text = ANY(%s)",
+            list(held),
         )
-        for job_id, status, holder in rows:
+        for job_id, status, holder, lease_ended in rows:
             key = str(job_id)
             if key in handed_back or key in finished:
                 continue
             if status == "succeeded" and process.poll() is None:
                 finished.add(key)
-            elif status != "running" or tag not in (holder or ""):
+            elif status != "running" or tag not in (holder or "") or lease_ended:
+                # Back in the queue, taken by another worker, or (a v2 request) its lease
+                # ended at once for another worker to go on polling.
                 handed_back[key] = time.monotonic() - signalled
         if time.monotonic() - signalled > 120:
             raise TimeoutError(d.log_tail())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from functools import lru_cache
@@ -51,14 +52,25 @@ def _keeper() -> LeaseKeeper:
 
 
 @lru_cache
-def _deps() -> RunnerDeps:
+def _build_deps() -> RunnerDeps:
     return RunnerDeps(get_settings(), get_segmind_client(), get_storage(), get_fleet(), _keeper())
+
+
+_deps_lock = threading.Lock()
+
+
+def _deps() -> RunnerDeps:
+    """This process's one set of runner dependencies. Built under a lock: lru_cache lets
+    the first tasks of a fresh worker, arriving together, each build their own, and a
+    second poller would hold v2 requests that the shutdown hand-back never sees."""
+    with _deps_lock:
+        return _build_deps()
 
 
 @worker_process_init.connect
 def _fresh_clients_after_fork(**_: object) -> None:
     # Pooled sockets must not be shared between forked processes.
-    for cached in (_deps, get_segmind_client, get_storage, get_fleet, _keeper):
+    for cached in (_build_deps, get_segmind_client, get_storage, get_fleet, _keeper):
         cached.cache_clear()
 
 

@@ -21,7 +21,7 @@ def reset_caches() -> None:
     ):
         cached.cache_clear()
     try:
-        from worker.tasks import _deps
+        from worker.tasks import _build_deps
     except ImportError:
         return
-    _deps.cache_clear()
+    _build_deps.cache_clear()
