@@ -25,8 +25,10 @@ from relightq.segmind.errors import (
     SegmindOutOfCredits,
     SegmindRateLimited,
     SegmindRejected,
+    SegmindRequestFailed,
     SegmindUnauthorized,
     SegmindUnavailable,
+    failure_is_transient,
 )
 from relightq.segmind.params import RelightParams
 from relightq.serving import free_port, serve_in_thread
@@ -330,3 +332,124 @@ def test_an_output_redirected_off_the_upstreams_origin_is_refused_at_the_hop() -
             segmind.relight(RelightParams(prompt="p"), UPLOAD)
         segmind.close()
     assert asked == ["/outputs/a.png"] and fetched == []
+
+
+@contextmanager
+def v2_upstream(
+    *, status_url: str = "", output: str = "{origin}/outputs/a.png", failed_error: str = ""
+) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """An upstream speaking v2: one request ``r1``, COMPLETED with ``output`` (or FAILED
+    with ``failed_error``); yields its URL and each (path, x-api-key) it was asked for."""
+    seen: list[tuple[str, str]] = []
+    base: list[str] = []
+
+    async def record(request: Request) -> None:
+        seen.append((request.url.path, request.headers.get("x-api-key", "")))
+
+    async def submit(request: Request) -> JSONResponse:
+        await record(request)
+        return JSONResponse(
+            {
+                "request_id": "r1",
+                "status": "QUEUED",
+                "status_url": status_url or f"{base[0]}/v2/requests/r1/status",
+                "response_url": f"{base[0]}/v2/requests/r1",
+            }
+        )
+
+    async def state(request: Request) -> JSONResponse:
+        await record(request)
+        if failed_error:
+            return JSONResponse({"status": "FAILED", "error": failed_error}, 422)
+        return JSONResponse({"status": "COMPLETED"})
+
+    async def result(request: Request) -> JSONResponse:
+        await record(request)
+        return JSONResponse({"status": "COMPLETED", "output": output.format(origin=base[0])})
+
+    async def image(request: Request) -> Response:
+        await record(request)
+        return Response(product_png(), media_type="image/png")
+
+    app = Starlette(
+        routes=[
+            Route("/v2/ic-light", submit, methods=["POST"]),
+            Route("/v2/requests/r1/status", state),
+            Route("/v2/requests/r1", result),
+            Route("/outputs/{name}", image),
+        ]
+    )
+    with serve_in_thread(app) as url:
+        base.append(url)
+        yield url, seen
+
+
+def test_v2_submits_polls_and_collects_the_output() -> None:
+    with v2_upstream() as (url, seen):
+        segmind = SegmindClient(url, "k")
+        request = segmind.submit(RelightParams(prompt="p"), UPLOAD)
+        assert segmind.status(request).done
+        result = segmind.result(request)
+        segmind.close()
+    assert request.request_id == "r1"
+    assert [image.content_type for image in result.images] == ["image/png"]
+    assert [path for path, _ in seen] == [
+        "/v2/ic-light",
+        "/v2/requests/r1/status",
+        "/v2/requests/r1",
+        "/outputs/a.png",
+    ]
+
+
+def test_v2_never_sends_the_key_to_a_status_url_on_another_host() -> None:
+    with (
+        image_server() as (elsewhere, asked),
+        v2_upstream(status_url=f"{elsewhere}/steal") as (url, seen),
+    ):
+        segmind = SegmindClient(url, "secret-key")
+        request = segmind.submit(RelightParams(prompt="p"), UPLOAD)
+        assert segmind.status(request).done
+        segmind.close()
+    # Polled on the upstream's own documented path instead, with the key.
+    assert request.status_url == f"{url}/v2/requests/r1/status"
+    assert ("/v2/requests/r1/status", "secret-key") in seen
+    assert asked == []
+
+
+def test_v2_refuses_an_output_url_on_a_private_address_unfetched() -> None:
+    with v2_upstream(output="http://10.255.255.1/outputs/a.png") as (url, seen):
+        segmind = SegmindClient(url, "k")
+        request = segmind.submit(RelightParams(prompt="p"), UPLOAD)
+        with pytest.raises(SegmindRejected) as refused:
+            segmind.result(request)
+        segmind.close()
+    assert "an output URL is not allowed" in str(refused.value)
+    assert "/outputs/a.png" not in [path for path, _ in seen]
+
+
+def test_v2_failed_is_classified_and_its_error_never_carries_the_key() -> None:
+    with v2_upstream(failed_error="Invalid image for key secret-key") as (url, _):
+        segmind = SegmindClient(url, "secret-key")
+        request = segmind.submit(RelightParams(prompt="p"), UPLOAD)
+        with pytest.raises(SegmindRequestFailed) as failed:
+            segmind.status(request)
+        segmind.close()
+    assert failed.value.transient is False  # "invalid": the request's own fault
+    assert "secret-key" not in failed.value.message
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        ("Inference timed out", True),
+        ("CUDA out of memory, please retry", True),
+        ("Internal server error", True),
+        ("something never seen before", True),
+        ("Prompt is Mandatory and must be string", False),
+        ("Could not fetch subject_image: HTTP 404", False),
+        ("subject_image is not an image Pillow can decode (UnidentifiedImageError)", False),
+        ("NSFW content detected", False),
+    ],
+)
+def test_a_failed_requests_error_decides_whether_it_is_retried(error: str, transient: bool) -> None:
+    assert failure_is_transient(error) is transient
