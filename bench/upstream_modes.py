@@ -7,8 +7,8 @@ measured on real processes in one run.
    them is killed and a new one starts on the same host. Reports the upstream calls
    started again for jobs that had one already (Segmind bills a generation it started:
    these are paid twice; goal 0 in v2), the seconds from the kill until every job
-   succeeded, and the seconds a submit's answer waited for its request id to be committed
-   (the only window in which a v2 job can still pay twice).
+   succeeded, and the seconds from sending a submit to its request id committed (a bound
+   on the only window in which a v2 job can still pay twice).
 2. Memory: worker RSS idle, then with ``--in-flight`` v1 calls in flight (one thread each)
    and with ``--many`` v2 requests in flight (the default 16 threads).
 
@@ -187,7 +187,10 @@ def main() -> None:
         f"| kill → all succeeded | {v1['recovered_s']} s ({v1['recovered_over_latency']} × L) "
         f"| {v2['recovered_s']} s ({v2['recovered_over_latency']} × L) | |"
     )
-    print(f"| submit answered → request id committed | | {v2['receipt_window_ms']} ms mean | |")
+    print(
+        f"| submit sent → request id committed (bounds the window) | | "
+        f"{v2['receipt_window_ms']} ms mean | |"
+    )
     m1, m2 = results["memory"]
     print()
     print("| worker RSS | idle | in flight | per call/request |")

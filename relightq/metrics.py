@@ -48,8 +48,8 @@ UPSTREAM_REQUESTS_POLLED = Gauge(
 )
 UPSTREAM_RECEIPT_SECONDS = Histogram(
     "relightq_upstream_receipt_seconds",
-    "Segmind v2: from the submit's answer to its request id committed in PostgreSQL (the "
-    "only window in which a killed worker can still make a job pay twice)",
+    "Segmind v2: from sending a submit to its request id committed in PostgreSQL (bounds "
+    "the only window in which a killed worker can still make a job pay twice)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
 UPSTREAM_POLLS = Counter(

@@ -509,9 +509,11 @@ def _submit(
         raise
     answered = time.monotonic()
     observe_upstream(answered - clock, 200, None)
-    # The receipt first: until this commits, a crash would lose a paid request.
+    # The receipt first: until this commits, a crash would lose a paid request. Measured
+    # from sending the submit: Segmind accepts it somewhere on the way, so that is a bound
+    # on the window in which a crash can still make the job pay twice.
     recorded = _record_submitted(claim_, request)
-    UPSTREAM_RECEIPT_SECONDS.observe(time.monotonic() - answered)
+    UPSTREAM_RECEIPT_SECONDS.observe(time.monotonic() - clock)
     if not recorded:
         deps.fleet.release(slot)
         log.error(

@@ -106,6 +106,19 @@ def submitted(sim: httpx.Client) -> int:
     return int(sim.get("/admin/stats").json()["calls"])
 
 
+def assert_no_recorded_request_bought_again(
+    sim: httpx.Client, jobs: list[dict[str, Any]], killed_epoch: float
+) -> None:
+    """v2, after a SIGKILL: every request Segmind accepted was collected by its job, but
+    those the kill caught between Segmind's answer and the commit of their id (the one
+    window v2 leaves, guarantee 7), which their jobs had to submit again."""
+    collected = {a["upstream_request_id"] for j in jobs for a in j["attempt_log"]}
+    accepted = [e for e in sim.get("/admin/stats").json()["log"] if e.get("request_id")]
+    lost = [e for e in accepted if e["request_id"] not in collected]
+    assert all(e["started_at"] <= killed_epoch for e in lost), lost
+    assert len(accepted) == len(jobs) + len(lost)
+
+
 def wait_in_flight(fleet: Deployment, sim: httpx.Client, count: int) -> None:
     deadline = time.monotonic() + 30
     while sim.get("/admin/stats").json()["in_flight"] < count:
@@ -153,7 +166,7 @@ def test_a_worker_killed_mid_call_is_taken_over_within_45_s_while_live_calls_kee
     assert paid_calls(sim) == CAP  # v1: the killed calls were cut off, so not charged here
     if fleet.api_version == "v2":
         # The killed worker's requests ran on at Segmind and were collected, not bought again.
-        assert submitted(sim) == CAP
+        assert_no_recorded_request_bought_again(sim, jobs, killed_epoch)
         assert all(j["attempts"] == 1 for j in jobs)
 
 
@@ -185,7 +198,9 @@ def test_a_worker_restarted_on_the_same_host_takes_back_its_dead_predecessors_jo
         lines.seek(logged_before)
         assert b"held by a dead worker on this host" in lines.read(), fleet.log_tail()
     if fleet.api_version == "v2":
-        assert submitted(sim) == len(ids)  # every request collected, none bought twice
+        # Killed in the middle of a burst of submits: a request or two may be caught
+        # between Segmind's answer and its commit; every recorded one was collected.
+        assert_no_recorded_request_bought_again(sim, jobs, killed_epoch)
 
 
 def test_sigterm_mid_call_finishes_the_calls_on_the_wire_and_hands_back_the_rest(
