@@ -147,8 +147,11 @@ def sigterm(d: Deployment, latency: float) -> dict[str, Any]:
         time.sleep(0.01)
     exit_s = time.monotonic() - signalled
     d.processes.pop(stopping)
+    # Still held by the stopped worker: running under its lease, the lease not ended (a
+    # handed-back v2 request is running with its lease ended, for another worker to poll).
     [(left_running,)] = d.sql(
-        "SELECT count(*) FROM jobs WHERE status = 'running' AND lease_holder LIKE %s",
+        "SELECT count(*) FROM jobs WHERE status = 'running' AND lease_holder LIKE %s "
+        "AND lease_expires_at >= now()",
         f"%{tag}%",
     )
     wait_final(d, ids, timeout=120)
