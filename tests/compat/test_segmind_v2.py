@@ -43,6 +43,13 @@ def sdk(services: Services) -> Iterator[Sdk]:
         client._client.close()  # the SDK has no close(); its connections are this httpx client
 
 
+def submit_v2(services: Services, key: str, image: str, **fields: Any) -> httpx.Response:
+    """POST a v2 submit of a shop image (stored under ``image``) as Segmind's SDK would."""
+    _, url = shop_image(image)
+    body = {"prompt": "x", "subject_image": url, **fields}
+    return httpx.post(services.api + V2 + "/ic-light", json=body, headers={"x-api-key": key})
+
+
 def image_at(url: str) -> Image.Image:
     image = Image.open(io.BytesIO(download(url)))
     image.load()
@@ -169,11 +176,8 @@ def test_a_cancelled_request_is_failed_with_a_422(
     services: Services, tenant: TenantKey, api: httpx.Client, simulator: httpx.Client
 ) -> None:
     simulator.post("/admin/config", json={"credits": 0.0}).raise_for_status()
-    _, url = shop_image("compat/v2/cancelled.png")
     headers = {"x-api-key": tenant.key}
-    submitted = httpx.post(
-        services.api + V2 + "/ic-light", json={"prompt": "x", "subject_image": url}, headers=headers
-    ).json()
+    submitted = submit_v2(services, tenant.key, "compat/v2/cancelled.png").json()
     wait_for(api, submitted["request_id"], "waiting")
     api.post(f"/v1/jobs/{submitted['request_id']}/cancel").raise_for_status()
 
@@ -246,10 +250,10 @@ def test_an_id_that_is_no_request_is_a_404_in_segminds_shape(
 def test_several_images_come_back_as_a_list_of_urls(
     services: Services, tenant: TenantKey, simulator: httpx.Client
 ) -> None:
-    _, url = shop_image("compat/v2/several.png")
     headers = {"x-api-key": tenant.key}
-    body = {"prompt": "x", "subject_image": url, "number_of_images": 3, "output_format": "png"}
-    submitted = httpx.post(services.api + V2 + "/ic-light", json=body, headers=headers).json()
+    submitted = submit_v2(
+        services, tenant.key, "compat/v2/several.png", number_of_images=3, output_format="png"
+    ).json()
     poll(submitted["status_url"], tenant.key, "COMPLETED")
 
     response = httpx.get(submitted["response_url"], headers=headers)
@@ -268,11 +272,8 @@ def test_a_request_not_done_yet_has_a_state_and_no_output(
     services: Services, tenant: TenantKey, simulator: httpx.Client
 ) -> None:
     simulator.post("/admin/config", json={"latency": 3.0}).raise_for_status()
-    _, url = shop_image("compat/v2/slow.png")
     headers = {"x-api-key": tenant.key}
-    submitted = httpx.post(
-        services.api + V2 + "/ic-light", json={"prompt": "x", "subject_image": url}, headers=headers
-    ).json()
+    submitted = submit_v2(services, tenant.key, "compat/v2/slow.png").json()
 
     early = httpx.get(submitted["response_url"], headers=headers)
     processing = poll(submitted["status_url"], tenant.key, "PROCESSING")
@@ -309,15 +310,10 @@ def test_bad_parameters_get_the_v1_answer_and_no_job(
 def test_an_operators_pause_gets_503_with_retry_after_and_no_job(
     services: Services, tenant: TenantKey, operator: TenantKey, simulator: httpx.Client
 ) -> None:
-    _, url = shop_image("compat/v2/operator-pause.png")
     with httpx.Client(base_url=services.api, headers={"x-api-key": operator.key}) as ops:
         ops.post("/v1/throttle/pause", json={"reason": "maintenance"}).raise_for_status()
 
-    response = httpx.post(
-        services.api + V2 + "/ic-light",
-        json={"prompt": "x", "subject_image": url},
-        headers={"x-api-key": tenant.key},
-    )
+    response = submit_v2(services, tenant.key, "compat/v2/operator-pause.png")
 
     assert response.status_code == 503 and "paused" in response.json()["error"]
     assert response.headers["retry-after"] == "60"
