@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
@@ -121,22 +122,13 @@ class RunnerDeps:
     fleet: Fleet
     keeper: LeaseKeeper
     poller: Poller = field(default_factory=Poller)
-    schedule: PollSchedule | None = None
 
+    @cached_property
     def poll_schedule(self) -> PollSchedule:
-        """This process's poll timing (it learns how long requests take)."""
-        if self.schedule is None:
-            # Frozen, and shared by every job of the process: set once, on first use.
-            object.__setattr__(
-                self,
-                "schedule",
-                PollSchedule(
-                    self.settings.segmind_poll_min_seconds,
-                    self.settings.segmind_poll_max_seconds,
-                ),
-            )
-        assert self.schedule is not None
-        return self.schedule
+        """This process's poll timing, shared by its jobs (it learns how long requests take)."""
+        return PollSchedule(
+            self.settings.segmind_poll_min_seconds, self.settings.segmind_poll_max_seconds
+        )
 
     @property
     def uses_v2(self) -> bool:
@@ -479,8 +471,7 @@ def _run_v2(claim_: Claim, deps: RunnerDeps) -> None:
         # Stopping, and the hand-back of the polled requests may have run already: this
         # one goes back on its own (request kept) for another worker to poll.
         deps.fleet.let_go(slot)
-        keeper.abandon([lease])
-        keeper.drop(lease)
+        keeper.abandon([lease])  # which also stops renewing it
         return
     deps.poller.track(lease, lambda: _poll(polled, deps), _next_poll(polled, deps))
 
@@ -551,7 +542,7 @@ def _age(polled: PolledRequest) -> float:
 
 
 def _next_poll(polled: PolledRequest, deps: RunnerDeps) -> float:
-    return deps.poll_schedule().next_delay(_age(polled))
+    return deps.poll_schedule.next_delay(_age(polled))
 
 
 def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
@@ -563,14 +554,13 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
         deps.fleet.let_go(polled.slot)
         deps.keeper.drop(lease)
         return None
-    call = CallRecord(polled.started_at, None, request_id=polled.request.request_id)
     try:
         state = deps.client.status(polled.request)
         UPSTREAM_POLLS.labels(state.status).inc()
         if not state.done:
             polled.failed_polls = 0
             return _next_poll(polled, deps)
-        deps.poll_schedule().observe(_age(polled))
+        deps.poll_schedule.observe(_age(polled))
         if not polled.budgeted:
             # Done at Segmind: its slot is free for the next request while this one's
             # outputs are fetched and stored (as a v1 call frees it before storing).
@@ -598,23 +588,13 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
         return None
     except SegmindRequestLost as exc:
         UPSTREAM_POLLS.labels("lost").inc()
-        _request_lost(polled, CallRecord(call.started_at, 404, exc, call.request_id), deps)
+        _request_lost(polled, exc, deps)
         return None
-    except SegmindRequestFailed as exc:
-        UPSTREAM_POLLS.labels("FAILED").inc()
-        deps.fleet.release(polled.slot)
-        _handle_upstream_error(claim_, CallRecord(call.started_at, 422, exc, call.request_id), deps)
-        deps.keeper.drop(lease)
-        return None
-    except SegmindRejected as exc:
-        # An answer relightq refuses to act on (an output URL it may not fetch): retrying
-        # would only refuse it again.
-        UPSTREAM_POLLS.labels("error").inc()
-        deps.fleet.release(polled.slot)
-        _handle_upstream_error(
-            claim_, CallRecord(call.started_at, exc.status, exc, call.request_id), deps
-        )
-        deps.keeper.drop(lease)
+    except (SegmindRequestFailed, SegmindRejected) as exc:
+        # FAILED (under 422), or an answer relightq refuses to act on (an output URL it
+        # may not fetch): decided as a v1 call's answer would be.
+        UPSTREAM_POLLS.labels("FAILED" if isinstance(exc, SegmindRequestFailed) else "error").inc()
+        _end_attempt(polled, exc, deps)
         return None
     except SegmindError as exc:
         # 5xx, a timeout, a garbled answer, an output not downloadable yet: a poll is free
@@ -625,14 +605,10 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
         if polled.failed_polls < MAX_FAILED_POLLS:
             log.info("job %s: poll failed (%s); polling again", claim_.job_id, exc.code)
             return min(_next_poll(polled, deps), FAILED_POLL_RETRY_SECONDS)
-        deps.fleet.release(polled.slot)
-        _handle_upstream_error(
-            claim_, CallRecord(call.started_at, exc.status, exc, call.request_id), deps
-        )
-        deps.keeper.drop(lease)
+        _end_attempt(polled, exc, deps)
         return None
     try:
-        _succeed(claim_, result, deps, CallRecord(call.started_at, 200, request_id=call.request_id))
+        _succeed(claim_, result, deps, _call(polled, 200))
     finally:
         # A budgeted item's slot is freed once its credits are recorded, so the next
         # item's budget check sees them (releasing twice is harmless).
@@ -641,9 +617,25 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
     return None
 
 
-def _request_lost(polled: PolledRequest, call: CallRecord, deps: RunnerDeps) -> None:
+def _call(
+    polled: PolledRequest, http_status: int | None, exc: SegmindError | None = None
+) -> CallRecord:
+    """The attempt row of a polled request: when it was submitted, and how it ended."""
+    return CallRecord(polled.started_at, http_status, exc, polled.request.request_id)
+
+
+def _end_attempt(polled: PolledRequest, exc: SegmindError, deps: RunnerDeps) -> None:
+    """The request is over without images: its slot and lease go, and its end is decided
+    as a v1 call's answer (fail, or retry with backoff within max_attempts)."""
+    deps.fleet.release(polled.slot)
+    _handle_upstream_error(polled.claim, _call(polled, exc.status, exc), deps)
+    deps.keeper.drop(polled.lease)
+
+
+def _request_lost(polled: PolledRequest, exc: SegmindRequestLost, deps: RunnerDeps) -> None:
     """Segmind forgot the request (its records expire): submit once more, never twice."""
     claim_ = polled.claim
+    call = _call(polled, 404, exc)
     deps.fleet.release(polled.slot)
     if claim_.resubmits >= 1:
         _finish(
@@ -670,8 +662,7 @@ def _request_lost(polled: PolledRequest, call: CallRecord, deps: RunnerDeps) -> 
 def hand_back_requests(deps: RunnerDeps) -> int:
     """A stopping worker: end the leases of the requests it polls, at once, so another
     worker resumes polling them (the requests themselves run on at Segmind)."""
-    leases = deps.poller.leases()
-    handed = deps.keeper.abandon(leases) if leases else 0
+    handed = deps.keeper.abandon(deps.poller.leases())
     deps.poller.poll_all_now()  # each sees its lease lost and lets its slot go
     return handed
 

@@ -225,17 +225,24 @@ class SegmindClient:
         except httpx.TransportError as exc:
             raise SegmindUnavailable(f"could not reach Segmind ({type(exc).__name__})") from exc
 
-    def relight(self, params: RelightParams, subject: str | SubjectUpload) -> RelightResult:
-        """One IC-Light call: JSON for a URL subject, multipart bytes for an upload."""
+    def _post_request(
+        self, path: str, params: RelightParams, subject: str | SubjectUpload
+    ) -> httpx.Response:
+        """An IC-Light request (v1's call or v2's submit): JSON for a URL subject,
+        multipart bytes for an upload; a non-2xx answer raises its SegmindError."""
         fields = params.upstream_fields()
         if isinstance(subject, str):
-            body = {**fields, "subject_image": subject}
-            response = self._request("POST", RELIGHT_PATH, json=body)
+            response = self._request("POST", path, json={**fields, "subject_image": subject})
         else:
             files = {"subject_image": (subject.filename, subject.data, subject.content_type)}
             data = {name: str(value) for name, value in fields.items()}
-            response = self._request("POST", RELIGHT_PATH, data=data, files=files)
+            response = self._request("POST", path, data=data, files=files)
         raise_for_status(response, self._api_key)
+        return response
+
+    def relight(self, params: RelightParams, subject: str | SubjectUpload) -> RelightResult:
+        """One IC-Light call: JSON for a URL subject, multipart bytes for an upload."""
+        response = self._post_request(RELIGHT_PATH, params, subject)
         images = self._images(response)
         if not images:
             raise SegmindUnavailable("Segmind answered 200 without an image")
@@ -247,14 +254,7 @@ class SegmindClient:
         Each accepted submit is a new billable request (Segmind has no idempotency key):
         the caller must record the id before anything else, and never submit twice.
         """
-        fields = params.upstream_fields()
-        if isinstance(subject, str):
-            response = self._request("POST", SUBMIT_PATH, json={**fields, "subject_image": subject})
-        else:
-            files = {"subject_image": (subject.filename, subject.data, subject.content_type)}
-            data = {name: str(value) for name, value in fields.items()}
-            response = self._request("POST", SUBMIT_PATH, data=data, files=files)
-        raise_for_status(response, self._api_key)
+        response = self._post_request(SUBMIT_PATH, params, subject)
         try:
             body = response.json()
             request_id = str(body["request_id"])
