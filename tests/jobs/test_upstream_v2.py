@@ -367,3 +367,29 @@ def test_polls_failing_for_long_count_as_a_failed_attempt_not_as_a_request_lost_
     assert (
         call.upstream_request_id and call.upstream_request_id != job_row(job_id).upstream_request_id
     )
+
+
+def test_a_key_refused_while_polling_pauses_the_fleet_and_the_job_keeps_its_request(
+    tenant: TenantKey, simulator: httpx.Client, deps_for: Callable[..., RunnerDeps]
+) -> None:
+    simulator.post("/admin/config", json={"latency": 1.0}).raise_for_status()
+    deps = deps_for()
+    job_id = new_job(tenant)
+    run_job(job_id, deps)
+    request_id = job_row(job_id).upstream_request_id
+    assert request_id
+    # The key is revoked while the request runs: its polls get 401.
+    simulator.post("/admin/config", json={"valid_keys": ["another-key"]}).raise_for_status()
+    wait_for(lambda: job_row(job_id).status == JobStatus.WAITING)
+    job = job_row(job_id)
+    state = get_fleet().state()
+    assert state.paused and state.code == "segmind_unauthorized"
+    assert (job.upstream_request_id, job.attempts) == (request_id, 1)  # receipt kept
+
+    # The key works again; the resume wakes the job, which polls the same request.
+    simulator.post("/admin/config", json={"valid_keys": None}).raise_for_status()
+    get_fleet().resume(manual=True)
+    run_job(job_id, deps)  # or the suite's worker, woken by the resume
+    job = wait_final(job_id)
+    assert (job.status, job.attempts) == (JobStatus.SUCCEEDED, 1)
+    assert stats(simulator)["calls"] == 1  # never submitted again
