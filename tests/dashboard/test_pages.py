@@ -150,8 +150,10 @@ def test_the_batches_page_learns_of_batches_committed_after_it_was_rendered(
 
 
 def test_the_fleet_page_says_when_segmind_last_reported_the_credits(
-    services: Services, tenant: TenantKey
+    services: Services, tenant: TenantKey, simulator: httpx.Client
 ) -> None:
+    # The simulator fixture lets earlier tests' requests end first: one collected now
+    # would record the simulator's balance over this one.
     get_fleet().record_credits(42.5)
     with logged_in(services, tenant.key) as client:
         page = client.get("/dashboard/throttle").text
