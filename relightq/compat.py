@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from relightq.credits.amounts import as_text
 from relightq.jobs.models import Job, JobStatus
 from relightq.segmind.errors import SegmindOutOfCredits, SegmindUnauthorized
 from relightq.storage import Storage
@@ -67,7 +68,7 @@ def parked_by_pause(job: Job) -> bool:
 def _credits(job: Job) -> dict[str, str]:
     if job.remaining_credits is None:
         return {}
-    return {"x-remaining-credits": f"{job.remaining_credits:g}"}
+    return {"x-remaining-credits": as_text(job.remaining_credits)}
 
 
 def final_answer(job: Job, storage: Storage) -> SegmindAnswer:
@@ -130,10 +131,10 @@ def metrics(job: Job) -> dict[str, float]:
         "inference_time": _seconds(started, end),
         "queue_time": _seconds(job.created_at, started),
         "total_time": _seconds(job.created_at, end),
-        "cost": job.credits_used,
+        "cost": float(job.credits_used),
     }
     if job.remaining_credits is not None:
-        found["remaining_credits"] = job.remaining_credits
+        found["remaining_credits"] = float(job.remaining_credits)
     return found
 
 

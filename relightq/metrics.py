@@ -52,6 +52,23 @@ UPSTREAM_RECEIPT_SECONDS = Histogram(
     "the only window in which a killed worker can still make a job pay twice)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+CREDITS_SPENT = Counter(
+    "relightq_credits_spent_total",
+    "Credits paid to Segmind for the images of succeeded jobs (exact to 6 places)",
+)
+CREDITS_SAVED = Counter(
+    "relightq_credits_saved_total",
+    "Credits not spent because a job copied an identical earlier picture (result reuse)",
+)
+JOBS_REUSED = Counter(
+    "relightq_jobs_reused_total",
+    "Jobs that succeeded by copying an identical earlier picture instead of calling Segmind",
+)
+CREDITS_LOW_WARNINGS = Counter(
+    "relightq_credits_low_warnings_total",
+    "Times the reported balance fell below RELIGHTQ_CREDIT_WARN_BELOW (one credits.low "
+    "event each)",
+)
 UPSTREAM_POLLS = Counter(
     "relightq_upstream_polls_total",
     "Segmind v2 status polls by what they found (QUEUED, PROCESSING, COMPLETED, FAILED, "
@@ -95,9 +112,11 @@ class FleetStateCollector(Collector):
                         )
                     )
                 }
-                credits = session.scalar(
-                    select(UpstreamState.remaining_credits).where(UpstreamState.id == 1)
-                )
+                upstream = session.execute(
+                    select(UpstreamState.remaining_credits, UpstreamState.credits_low_since).where(
+                        UpstreamState.id == 1
+                    )
+                ).one_or_none()
         except Exception:
             log.warning("metrics: PostgreSQL unreadable", exc_info=True)
             return
@@ -111,10 +130,16 @@ class FleetStateCollector(Collector):
         for delivery_status in DeliveryStatus:
             hooks.add_metric([delivery_status.value], deliveries.get(delivery_status.value, 0))
         yield hooks
+        credits, low_since = upstream if upstream is not None else (None, None)
         if credits is not None:
             yield GaugeMetricFamily(
-                "relightq_credits_remaining", "Segmind credits last reported", value=credits
+                "relightq_credits_remaining", "Segmind credits last reported", value=float(credits)
             )
+        yield GaugeMetricFamily(
+            "relightq_credits_low",
+            "1 while the last reported balance is below RELIGHTQ_CREDIT_WARN_BELOW",
+            value=1.0 if low_since is not None else 0.0,
+        )
 
     def _from_redis(self) -> Iterator[Metric]:
         from relightq.broker import Queue, broker_backlog

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from decimal import Decimal
 from functools import lru_cache
 from itertools import pairwise
 from typing import Literal
@@ -61,7 +62,7 @@ class Settings(BaseSettings):
     # Where the simulator listens when no Segmind key is configured.
     simulator_url: str = "http://127.0.0.1:8090"
     # Segmind bills per call in dollars-as-credits; the price used for a job's credits_used.
-    segmind_credits_per_image: float = 0.037
+    segmind_credits_per_image: Decimal = Field(default=Decimal("0.037"), gt=0, decimal_places=6)
     # Which Segmind API jobs go through (docs/concepts/upstream-modes.md). "v2", the
     # default: Segmind's queue; the submit answers a request id at once, committed before
     # anything else, and workers poll it without holding a thread, so a worker killed
@@ -169,7 +170,10 @@ class Settings(BaseSettings):
     max_calls_per_minute: int = Field(default=5, ge=1)
     # Pause the fleet when the balance falls below this, before it reaches zero
     # (docs/reference/guarantees.md, guarantee 3).
-    credit_reserve: float = Field(default=0.0, ge=0)
+    credit_reserve: Decimal = Field(default=Decimal(0), ge=0, decimal_places=6)
+    # Warn (a credits.low webhook event and the relightq_credits_low metric) once each time
+    # the balance Segmind reports falls below this; empty: never (docs/concepts/credits.md).
+    credit_warn_below: Decimal | None = Field(default=Decimal(10), ge=0, decimal_places=6)
     # While paused, the free credits probe first runs after this long ...
     probe_interval_seconds: float = 30.0
     # ... and its interval doubles up to this.

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from decimal import Decimal
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from relightq.batches.models import Batch
+from relightq.credits.budgets import BUDGET_SPENT
 from relightq.db import utcnow
 from relightq.jobs.models import FINAL_STATUSES, IN_FLIGHT_STATUSES, Job, JobStatus, held_by_batch
 from relightq.jobs.service import publish_job
@@ -26,9 +28,6 @@ from relightq.webhooks.events import emit
 from relightq.webhooks.models import EventType
 
 log = logging.getLogger(__name__)
-
-BUDGET_SPENT = "batch credit budget spent"
-
 
 def budget_spent(batch: Batch) -> bool:
     """True once the batch has used its whole credit budget."""
@@ -109,7 +108,9 @@ def _emit_completed(session: Session, batch_id: uuid.UUID) -> None:
         "total": batch.total,
         "rejected": batch.rejected,
         "counts": status_counts(session, batch_id),
-        "credits_used": batch.credits_used,
+        "credits_used": float(batch.credits_used),
+        "reused": batch.reused,
+        "credits_saved": float(batch.credits_saved),
         "cancelled": batch.cancelled_at is not None,
         "metadata": batch.metadata_,
         "results_url": f"/v1/batches/{batch.id}/results",
@@ -137,7 +138,7 @@ def batch_cancelled(session: Session, batch_id: uuid.UUID) -> bool:
     return session.scalar(select(Batch.cancelled_at).where(Batch.id == batch_id)) is not None
 
 
-def add_credits(session: Session, batch_id: uuid.UUID, credits: float) -> None:
+def add_credits(session: Session, batch_id: uuid.UUID, credits: Decimal) -> None:
     """Count an item's credits against its batch (one atomic increment)."""
     session.execute(
         update(Batch)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, true
 from sqlalchemy.orm import Mapped, mapped_column
 
+from relightq.credits.amounts import ZERO, CreditAmount
 from relightq.db import Base, UTCDateTime, utcnow
 from relightq.jobs.models import JSONType
 
@@ -34,7 +36,9 @@ class Batch(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType, default=dict)
     total: Mapped[int] = mapped_column(Integer, default=0)
     rejected: Mapped[int] = mapped_column(Integer, default=0)
-    credit_budget: Mapped[float | None] = mapped_column(default=None)
+    credit_budget: Mapped[Decimal | None] = mapped_column(CreditAmount(), default=None)
+    # False: every item is bought from Segmind even when an earlier picture would do.
+    reuse: Mapped[bool] = mapped_column(default=True, server_default=true())
     # Told batch.completed, signed with the tenant's callback secret.
     callback_url: Mapped[str | None] = mapped_column(Text, default=None)
     # The schedule run that created it, if any (its history links here).
@@ -42,7 +46,10 @@ class Batch(Base):
         ForeignKey("schedule_runs.id", ondelete="SET NULL"), default=None, index=True
     )
     # Kept by the workers as items succeed; the budget gate reads it.
-    credits_used: Mapped[float] = mapped_column(default=0.0)
+    credits_used: Mapped[Decimal] = mapped_column(CreditAmount(), default=ZERO)
+    # Items that copied an earlier picture instead of calling, and what that saved.
+    reused: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    credits_saved: Mapped[Decimal] = mapped_column(CreditAmount(), default=ZERO, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

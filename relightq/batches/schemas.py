@@ -5,11 +5,13 @@ from __future__ import annotations
 import string
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from relightq.credits.amounts import Credits, PositiveCredits
 from relightq.jobs.schemas import ALLOWED as JOB_ALLOWED
 from relightq.jobs.schemas import JobOptions, check_callback_url
 
@@ -37,7 +39,8 @@ ALLOWED: dict[str, str] = {
     "output_prefix": "an s3://bucket/prefix/ URI where outputs go",
     "key_template": "a key below output_prefix using "
     + ", ".join("{" + name + "}" for name in KEY_FIELDS),
-    "credit_budget": "a number of credits greater than 0, or null for no budget",
+    "credit_budget": "a number of credits greater than 0 with at most 6 decimal places, "
+    "or null for no budget",
     "skip_invalid": "true to run the valid rows and report the others",
     "name": "text up to 200 characters",
     "file": "a CSV (with a header row) or JSONL file of items",
@@ -55,7 +58,9 @@ class BatchSettings(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     output_prefix: str | None = Field(default=None, max_length=1024)
     key_template: str | None = Field(default=None, max_length=1024)
-    credit_budget: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    credit_budget: PositiveCredits | None = None
+    # False: every item is bought anew (items may also say reuse: false one by one).
+    reuse: bool = True
     skip_invalid: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
     # Told batch.completed (signed like every relightq webhook).
@@ -164,8 +169,13 @@ class BatchOut(BaseModel):
     rejected: int
     counts: BatchCounts
     progress: float = Field(description="final items / total, from 0 to 1")
-    credits_used: float
-    credit_budget: float | None
+    credits_used: Credits
+    credit_budget: Credits | None
+    reuse: bool = True
+    reused: int = Field(default=0, description="items that copied an earlier picture")
+    credits_saved: Credits = Field(
+        default=Decimal(0), description="what the reused items would have cost"
+    )
     eta_seconds: float | None = Field(
         description="estimated seconds until every item is final, from the recent pace"
     )
@@ -195,4 +205,4 @@ class BatchUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    credit_budget: float | None = Field(gt=0, allow_inf_nan=False)
+    credit_budget: PositiveCredits | None

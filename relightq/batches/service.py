@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, cast
 from urllib.parse import urlparse
 
@@ -42,6 +43,7 @@ from relightq.batches.schemas import (
     validate_defaults,
 )
 from relightq.batches.sources import RawItem, json_items, prefix_items
+from relightq.credits.amounts import ZERO, as_text
 from relightq.db import utcnow
 from relightq.errors import (
     UNSTORABLE,
@@ -148,6 +150,7 @@ def create_batch(
         key_template=spec.key_template,
         metadata_=spec.metadata,
         credit_budget=spec.credit_budget,
+        reuse=spec.reuse,
         callback_url=spec.callback_url,
     )
     session.add(batch)
@@ -244,7 +247,8 @@ def _take(
             "callback_url": request.callback_url,
             "priority": request.priority,
             "attempts": 0,
-            "credits_used": 0.0,
+            "credits_used": ZERO,
+            "reuse": request.reuse and spec.reuse,
             "created_at": now,
             "updated_at": now,
             "dispatched_at": None,
@@ -492,6 +496,9 @@ def _view(batch: Batch, tally: _Tally, now: datetime) -> BatchOut:
         progress=round(final / batch.total, 4) if batch.total else 1.0,
         credits_used=batch.credits_used,
         credit_budget=batch.credit_budget,
+        reuse=batch.reuse,
+        reused=batch.reused,
+        credits_saved=batch.credits_saved,
         # No time left to promise while the batch waits for a budget or a resume.
         eta_seconds=None if eta is None or status == BatchStatus.WAITING else round(eta, 1),
         items_per_minute=None if per_minute is None else round(per_minute, 2),
@@ -548,7 +555,7 @@ def retry_failed(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) ->
 
 
 def update_budget(
-    session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID, credit_budget: float | None
+    session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID, credit_budget: Decimal | None
 ) -> Batch:
     """Change the credit budget; raising it lets the batch go on at once."""
     batch = get_batch(session, tenant_id, batch_id)
@@ -575,6 +582,8 @@ RESULT_COLUMNS = (
     "status",
     "attempts",
     "credits_used",
+    "credits_saved",
+    "reused_from",
     "output_s3_uris",
     "output_urls",
     "error_code",
@@ -593,6 +602,8 @@ def _result_row(job: Job, storage: Storage) -> dict[str, Any]:
         "status": str(job.status),
         "attempts": job.attempts,
         "credits_used": job.credits_used,
+        "credits_saved": job.credits_saved,
+        "reused_from": None if job.reused_from is None else str(job.reused_from),
         "outputs": [
             {"index": o.index, "s3_uri": o.uri, "url": storage.url(o.uri)} for o in job.outputs
         ],
@@ -609,7 +620,9 @@ def _reject_row(reject: BatchReject) -> dict[str, Any]:
         "source": reject.subject_image,
         "status": "rejected",
         "attempts": 0,
-        "credits_used": 0.0,
+        "credits_used": ZERO,
+        "credits_saved": ZERO,
+        "reused_from": None,
         "outputs": [],
         "error": {"code": "validation_error", "message": message, "fields": reject.problems},
     }
@@ -681,7 +694,13 @@ def manifest_rows(
 def jsonl_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     """A manifest as JSON Lines."""
     for row in rows:
-        yield json.dumps(row, ensure_ascii=False) + "\n"
+        yield json.dumps(row, ensure_ascii=False, default=_json_number) + "\n"
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)  # exact text: see relightq.credits.amounts
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
@@ -693,7 +712,10 @@ def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
         error = row["error"] or {}
         writer.writerow(
             {
-                **{k: row[k] for k in RESULT_COLUMNS[:7]},
+                **{k: row[k] for k in RESULT_COLUMNS[:6]},
+                "credits_used": as_text(row["credits_used"]),
+                "credits_saved": as_text(row["credits_saved"]),
+                "reused_from": row["reused_from"] or "",
                 "output_s3_uris": CSV_LIST_SEPARATOR.join(o["s3_uri"] for o in row["outputs"]),
                 "output_urls": CSV_LIST_SEPARATOR.join(o["url"] for o in row["outputs"]),
                 "error_code": error.get("code") or "",

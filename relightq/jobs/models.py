@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -18,10 +19,12 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     text,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from relightq.credits.amounts import ZERO, CreditAmount
 from relightq.db import Base, UTCDateTime, utcnow
 
 # JSONB on PostgreSQL, plain JSON on the demo's SQLite.
@@ -74,6 +77,24 @@ class Job(Base):
             "batch_row",
             postgresql_where=text("dispatched_at IS NULL"),
         ),
+        # Earlier pictures of the tenant, found by what they are (result reuse).
+        Index(
+            "ix_jobs_tenant_reuse_key",
+            "tenant_id",
+            "reuse_key",
+            postgresql_where=text("reuse_key IS NOT NULL"),
+        ),
+        Index(
+            "ix_jobs_tenant_subject_locator",
+            "tenant_id",
+            "subject_locator",
+            postgresql_where=text("subject_locator IS NOT NULL"),
+        ),
+        # Reservations held: summed on every reservation, so only the few held are indexed.
+        Index("ix_jobs_batch_reserved", "batch_id", postgresql_where=text("credits_reserved > 0")),
+        Index(
+            "ix_jobs_tenant_reserved", "tenant_id", postgresql_where=text("credits_reserved > 0")
+        ),
         # A batch's items in the broker or running: counted on every release.
         Index(
             "ix_jobs_batch_in_flight",
@@ -109,8 +130,27 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     waiting_reason: Mapped[str | None] = mapped_column(Text, default=None)
-    credits_used: Mapped[float] = mapped_column(default=0.0)
-    remaining_credits: Mapped[float | None] = mapped_column(default=None)
+    credits_used: Mapped[Decimal] = mapped_column(CreditAmount(), default=ZERO)
+    remaining_credits: Mapped[Decimal | None] = mapped_column(CreditAmount(), default=None)
+    # Result reuse (relightq.credits.reuse): off only when the client asked.
+    reuse: Mapped[bool] = mapped_column(default=True, server_default=true())
+    # What the picture is: the subject's content and every parameter, hashed; set by the
+    # run that learned the content (None: not reusable, e.g. a random seed).
+    reuse_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    # Where the subject was and the validator it had (URL + strong ETag, S3 key + ETag):
+    # lets a dry run predict reuse without reading the image.
+    subject_locator: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The job whose outputs this one copied instead of calling Segmind.
+    reused_from: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), default=None
+    )
+    # What the copied outputs would have cost.
+    credits_saved: Mapped[Decimal] = mapped_column(CreditAmount(), default=ZERO, server_default="0")
+    # Held against the batch budget and the tenant's monthly cap while the call is out;
+    # settled on success, released on any other end (relightq.credits.budgets).
+    credits_reserved: Mapped[Decimal] = mapped_column(
+        CreditAmount(), default=ZERO, server_default="0"
+    )
 
     # A worker owns a running job until lease_expires_at; the token tells its writes
     # apart from those of a worker that reclaimed the job after the lease ran out.
@@ -164,8 +204,11 @@ class UpstreamState(Base):
     __tablename__ = "upstream_state"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    remaining_credits: Mapped[float | None] = mapped_column(default=None)
+    remaining_credits: Mapped[Decimal | None] = mapped_column(CreditAmount(), default=None)
     credits_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Set when the balance fell below RELIGHTQ_CREDIT_WARN_BELOW (credits.low sent once),
+    # cleared when a report is at or above it again.
+    credits_low_since: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 class JobAttempt(Base):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field, field_validator
 
+from relightq.credits.amounts import Credits
 from relightq.jobs.models import JobStatus
 from relightq.netguard import BlockedAddress, check_url
 from relightq.segmind.params import ALLOWED as PARAM_ALLOWED
@@ -23,6 +25,7 @@ ALLOWED: dict[str, str] = {
     "metadata": f"a JSON object up to {MAX_METADATA_BYTES // 1024} KiB",
     "callback_url": "an http(s) URL on a public address",
     "priority": "an integer from 0 (lowest) to 9 (highest)",
+    "reuse": "true (copy an identical earlier picture instead of paying again) or false",
     "job_id": "a job id (UUID)",
     "batch_id": "a batch id (UUID)",
     "status": "one of " + ", ".join(s.value for s in JobStatus),
@@ -56,6 +59,9 @@ class JobOptions(RelightParams):
     metadata: dict[str, Any] = Field(default_factory=dict)
     callback_url: str | None = Field(default=None, max_length=2048)
     priority: int = Field(default=5, ge=0, le=9)
+    # Result reuse: an earlier picture of the same content and parameters is copied
+    # instead of bought again; false buys a new one (a null seed never reuses).
+    reuse: bool = True
 
     @field_validator("metadata")
     @classmethod
@@ -145,7 +151,17 @@ class JobOut(BaseModel):
         "(the receipt any worker collects it with)",
     )
     outputs: list[OutputOut]
-    credits_used: float
+    credits_used: Credits = Field(description="credits paid to Segmind for this job")
+    reuse: bool = Field(
+        default=True, description="false: the client asked for a new picture whatever exists"
+    )
+    reused_from: uuid.UUID | None = Field(
+        default=None,
+        description="the earlier job whose outputs were copied instead of calling Segmind",
+    )
+    credits_saved: Credits = Field(
+        default=Decimal(0), description="what the copied outputs would have cost"
+    )
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

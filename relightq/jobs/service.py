@@ -87,6 +87,7 @@ def _new_job(tenant_id: uuid.UUID, options: JobOptions, subject: str, job_id: uu
         metadata_=options.metadata,
         callback_url=options.callback_url,
         priority=options.priority,
+        reuse=options.reuse,
         outputs=[],
         attempt_log=[],
     )
@@ -236,6 +237,9 @@ def job_view(job: Job, storage: Storage) -> JobOut:
             for o in job.outputs
         ],
         credits_used=job.credits_used,
+        reuse=job.reuse,
+        reused_from=job.reused_from,
+        credits_saved=job.credits_saved,
         created_at=job.created_at,
         updated_at=job.updated_at,
         started_at=job.started_at,

@@ -17,10 +17,12 @@ import binascii
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
 
+from relightq.credits.amounts import exact
 from relightq.logs import redact
 from relightq.netguard import BlockedAddress, GuardedTransport
 from relightq.segmind.errors import (
@@ -66,7 +68,7 @@ class RelightResult:
     """The images of one call and the balance Segmind reported after it."""
 
     images: list[RelitImage]
-    remaining_credits: float | None
+    remaining_credits: Decimal | None
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class UpstreamRequest:
     request_id: str
     status_url: str
     response_url: str
-    remaining_credits: float | None = None
+    remaining_credits: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -322,8 +324,8 @@ class SegmindClient:
         metrics = body.get("metrics")
         if remaining is None and isinstance(metrics, dict):
             try:
-                remaining = float(metrics["remaining_credits"])
-            except (KeyError, TypeError, ValueError):
+                remaining = _amount(metrics["remaining_credits"])
+            except (KeyError, TypeError):
                 remaining = None
         return RelightResult(images, remaining)
 
@@ -340,14 +342,17 @@ class SegmindClient:
             )
         return self._cdn_client
 
-    def get_credits(self) -> float:
+    def get_credits(self) -> Decimal:
         """The account's balance; this endpoint is free."""
         response = self._request("GET", CREDITS_PATH)
         raise_for_status(response, self._api_key)
         try:
-            return float(response.json()["credits"])
+            credits = _amount(response.json()["credits"])
         except (ValueError, KeyError, TypeError) as exc:
             raise SegmindUnavailable("unreadable answer from get-user-credits") from exc
+        if credits is None:
+            raise SegmindUnavailable("unreadable answer from get-user-credits")
+        return credits
 
     def _images(self, response: httpx.Response) -> list[RelitImage]:
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
@@ -408,11 +413,19 @@ def _image_items(body: Any) -> list[Any]:
     raise SegmindUnavailable("Segmind answered JSON without images")
 
 
-def _remaining_credits(response: httpx.Response) -> float | None:
-    try:
-        return float(response.headers["x-remaining-credits"])
-    except (KeyError, ValueError):
+def _remaining_credits(response: httpx.Response) -> Decimal | None:
+    return _amount(response.headers.get("x-remaining-credits"))
+
+
+def _amount(value: object) -> Decimal | None:
+    """A balance as Segmind wrote it (header text or JSON number), exactly; else None."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
+    try:
+        credits = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+    except ArithmeticError:
+        return None
+    return exact(credits) if credits.is_finite() else None
 
 
 def raise_for_status(response: httpx.Response, api_key: str = "") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -31,6 +32,14 @@ class StoredObject:
     size: int
 
 
+@dataclass(frozen=True)
+class StoredBlob:
+    """An object's bytes and the ETag of that version of it."""
+
+    data: bytes
+    etag: str
+
+
 class Storage(Protocol):
     """What jobs need from a store of image bytes."""
 
@@ -54,6 +63,19 @@ class Storage(Protocol):
 
     def get(self, uri: str) -> bytes:
         """Read the object at ``uri``."""
+        ...
+
+    def read(self, uri: str) -> StoredBlob:
+        """Read the object at ``uri`` with the ETag of the version read."""
+        ...
+
+    def etag(self, uri: str) -> str:
+        """The object's ETag, without reading it (HEAD)."""
+        ...
+
+    def copy(self, source_uri: str, uri: str) -> None:
+        """Copy an object inside the store (server-side: the bytes never pass through
+        relightq); copying an object onto itself does nothing."""
         ...
 
     def url(self, uri: str) -> str:
@@ -177,6 +199,30 @@ class S3Storage:
             body: bytes = self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return body
 
+    def read(self, uri: str) -> StoredBlob:
+        """Read an object with the ETag of the very version read (one GET, no race)."""
+        bucket, key = parse_s3_uri(uri)
+        with _storage_errors(uri):
+            found = self._client.get_object(Bucket=bucket, Key=key)
+            return StoredBlob(found["Body"].read(), str(found.get("ETag", "")).strip('"'))
+
+    def etag(self, uri: str) -> str:
+        """HEAD the object for its ETag."""
+        bucket, key = parse_s3_uri(uri)
+        with _storage_errors(uri):
+            found = self._client.head_object(Bucket=bucket, Key=key)
+        return str(found.get("ETag", "")).strip('"')
+
+    def copy(self, source_uri: str, uri: str) -> None:
+        """boto3's managed copy: CopyObject, or UploadPartCopy in parts past its threshold;
+        the content type and metadata go with the bytes."""
+        if source_uri == uri:
+            return
+        source_bucket, source_key = parse_s3_uri(source_uri)
+        bucket, key = parse_s3_uri(uri)
+        with _storage_errors(source_uri):
+            self._client.copy({"Bucket": source_bucket, "Key": source_key}, bucket, key)
+
     def url(self, uri: str) -> str:
         """A presigned GET URL valid for the configured time."""
         bucket, key = parse_s3_uri(uri)
@@ -229,10 +275,22 @@ class LocalStorage:
         except FileNotFoundError as exc:
             raise StorageError(f"{uri} does not exist") from exc
 
+    def read(self, uri: str) -> StoredBlob:
+        """Read a file with its ETag (the MD5 of its bytes, as S3's for a simple upload)."""
+        data = self.get(uri)
+        return StoredBlob(data, hashlib.md5(data, usedforsecurity=False).hexdigest())
+
+    def etag(self, uri: str) -> str:
+        """The MD5 of the file's bytes."""
+        return self.read(uri).etag
+
+    def copy(self, source_uri: str, uri: str) -> None:
+        """Copy one file to another (atomically, as put)."""
+        if source_uri != uri:
+            self.put_uri(uri, self.get(source_uri), "application/octet-stream")
+
     def list_objects(self, prefix_uri: str) -> Iterator[StoredObject]:
         """Files under the prefix, in key order; the ETag is the MD5 of the bytes, as S3's."""
-        import hashlib
-
         bucket, prefix = parse_s3_prefix(prefix_uri)
         self.check_bucket(bucket)
         keys = sorted(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 
-from sqlalchemy import ForeignKey, String, false
+from sqlalchemy import Date, ForeignKey, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
+from relightq.credits.amounts import ZERO, CreditAmount
 from relightq.db import Base, UTCDateTime, utcnow
 
 
@@ -22,6 +24,8 @@ class Tenant(Base):
     is_operator: Mapped[bool] = mapped_column(default=False, server_default=false())
     # Signs deliveries to callback_url (registered endpoints have their own secrets).
     callback_secret: Mapped[str | None] = mapped_column(String(128), default=None)
+    # Credits the tenant may spend per calendar month (UTC), set by an operator; None: no cap.
+    monthly_credit_cap: Mapped[Decimal | None] = mapped_column(CreditAmount(), default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -69,3 +73,16 @@ class BucketGrant(Base):
     )
     bucket: Mapped[str] = mapped_column(String(63), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TenantCreditMonth(Base):
+    """What a tenant spent in one calendar month (UTC): the monthly cap's ledger, kept by
+    the workers as jobs succeed (one row per tenant and month)."""
+
+    __tablename__ = "tenant_credit_months"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    month: Mapped[date] = mapped_column(Date, primary_key=True)  # its first day
+    credits_used: Mapped[Decimal] = mapped_column(CreditAmount(), default=ZERO)

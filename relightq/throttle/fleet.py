@@ -21,6 +21,7 @@ import time
 from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol
 
 import redis
@@ -118,7 +119,7 @@ class Fleet(Protocol):
     def pause(self, code: str, reason: str, *, manual: bool = False) -> bool: ...
     def resume(self, *, manual: bool = False) -> bool: ...
     def hold_until(self, epoch_seconds: float) -> None: ...
-    def record_credits(self, credits: float) -> None: ...
+    def record_credits(self, credits: Decimal | float) -> None: ...
     def state(self) -> FleetState: ...
     def claim_probe(self, ttl_seconds: float) -> bool: ...
     def release_probe(self) -> None: ...
@@ -266,9 +267,11 @@ class RedisFleet:
         if ms > current:
             self._redis.set(self._hold, ms, px=max(1, ms - int(time.time() * 1000)) + 60_000)
 
-    def record_credits(self, credits: float) -> None:
+    def record_credits(self, credits: Decimal | float) -> None:
         """Remember the balance Segmind last reported."""
-        self._redis.hset(self._state, mapping={"credits": credits, "credits_seen_at": time.time()})
+        self._redis.hset(
+            self._state, mapping={"credits": str(credits), "credits_seen_at": time.time()}
+        )
 
     def state(self) -> FleetState:
         """The shared state as of now."""
@@ -395,10 +398,10 @@ class LocalFleet:
         with self._lock:
             self._data["hold"] = max(self._data.get("hold", 0), epoch_seconds)
 
-    def record_credits(self, credits: float) -> None:
+    def record_credits(self, credits: Decimal | float) -> None:
         """Remember the balance."""
         with self._lock:
-            self._data.update(credits=credits, credits_seen_at=time.time())
+            self._data.update(credits=float(credits), credits_seen_at=time.time())
 
     def state(self) -> FleetState:
         """The state as of now."""

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from relightq.credits.amounts import Credits, exact
 from relightq.settings import Settings
 from relightq.throttle.fleet import FleetState
 
@@ -16,7 +17,8 @@ class ThrottleLimits(BaseModel):
 
     max_concurrent_calls: int
     max_calls_per_minute: int
-    credit_reserve: float
+    credit_reserve: Credits
+    credit_warn_below: Credits | None = None
 
 
 class ThrottleOut(BaseModel):
@@ -27,7 +29,7 @@ class ThrottleOut(BaseModel):
     reason: str | None
     manual: bool
     paused_at: datetime | None
-    credits: float | None
+    credits: Credits | None
     credits_seen_at: datetime | None
     calls_in_flight: int
     calls_last_minute: int
@@ -52,7 +54,7 @@ def throttle_view(state: FleetState, settings: Settings) -> ThrottleOut:
         reason=state.reason,
         manual=state.manual,
         paused_at=_time(state.paused_at),
-        credits=state.credits,
+        credits=None if state.credits is None else exact(state.credits),
         credits_seen_at=_time(state.credits_seen_at),
         calls_in_flight=state.in_flight,
         calls_last_minute=state.calls_last_minute,
@@ -60,5 +62,6 @@ def throttle_view(state: FleetState, settings: Settings) -> ThrottleOut:
             max_concurrent_calls=settings.max_concurrent_calls,
             max_calls_per_minute=settings.max_calls_per_minute,
             credit_reserve=settings.credit_reserve,
+            credit_warn_below=settings.credit_warn_below,
         ),
     )

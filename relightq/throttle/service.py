@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -104,7 +105,7 @@ class ProbeResult:
     """What a probe found."""
 
     resumed: bool
-    credits: float | None
+    credits: Decimal | float | None
     error: str | None = None
 
 
@@ -129,7 +130,9 @@ def probe(fleet: Fleet, client: SegmindClient, settings: Settings) -> ProbeResul
     return _probe_again(fleet, settings, credits, "credits still below the reserve")
 
 
-def _probe_again(fleet: Fleet, settings: Settings, credits: float | None, why: str) -> ProbeResult:
+def _probe_again(
+    fleet: Fleet, settings: Settings, credits: Decimal | float | None, why: str
+) -> ProbeResult:
     fleet.probe_failures(increment=True)
     log.info("fleet stays paused: %s", why)
     schedule_probe(fleet, settings)

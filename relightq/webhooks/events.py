@@ -110,7 +110,10 @@ def job_event_data(session: Session, job_id: uuid.UUID) -> tuple[Job, dict[str, 
         "batch_id": str(job.batch_id) if job.batch_id else None,
         "metadata": job.metadata_,
         "attempts": job.attempts,
-        "credits_used": job.credits_used,
+        # JSON numbers with exact text (relightq.credits.amounts).
+        "credits_used": float(job.credits_used),
+        "reused_from": str(job.reused_from) if job.reused_from else None,
+        "credits_saved": float(job.credits_saved),
         "error": error,
         "outputs": [
             {
@@ -146,14 +149,20 @@ def emit_fleet_event(event_type: EventType, data: dict[str, Any]) -> int:
     from relightq.db import session_scope
 
     with session_scope() as session:
-        tenant_ids = {
-            endpoint.tenant_id
-            for endpoint in session.scalars(
-                select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(True))
-            )
-            if _subscribed(endpoint, event_type)
-        }
-        now = utcnow()
-        for tenant_id in tenant_ids:
-            emit(session, tenant_id, event_type, data, now=now)
+        return emit_to_subscribers(session, event_type, data)
+
+
+def emit_to_subscribers(session: Session, event_type: EventType, data: dict[str, Any]) -> int:
+    """An event about the whole deployment (the fleet, the balance) to every tenant with
+    an endpoint that wants it, in ``session``'s transaction; returns how many tenants."""
+    tenant_ids = {
+        endpoint.tenant_id
+        for endpoint in session.scalars(
+            select(WebhookEndpoint).where(WebhookEndpoint.enabled.is_(True))
+        )
+        if _subscribed(endpoint, event_type)
+    }
+    now = utcnow()
+    for tenant_id in tenant_ids:
+        emit(session, tenant_id, event_type, data, now=now)
     return len(tenant_ids)

@@ -22,6 +22,7 @@ class EventType(StrEnum):
     BATCH_COMPLETED = "batch.completed"
     THROTTLE_PAUSED = "throttle.paused"
     THROTTLE_RESUMED = "throttle.resumed"
+    CREDITS_LOW = "credits.low"
 
 
 class DeliveryStatus(StrEnum):

@@ -1,0 +1,82 @@
+"""The balance Segmind reports, and the warning before it runs out.
+
+Segmind sends the account's balance in ``x-remaining-credits`` on every call (v1), on
+the v2 submit and result, and the free credits probe reads it while the fleet is paused.
+Every report lands here: the newest is kept in ``upstream_state`` (an older report
+arriving late never overwrites it), and when it falls below
+``RELIGHTQ_CREDIT_WARN_BELOW`` the operator hears of it once: a ``credits.low`` webhook
+event (Standard Webhooks, to every endpoint that subscribes to it) and the
+``relightq_credits_low_warnings_total`` counter. The warning re-arms when a report is at
+or above the threshold again (a top-up), so each crossing warns exactly once, however
+many workers report at once: the crossing is one conditional UPDATE of one row.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import or_, update
+from sqlalchemy.orm import Session
+
+from relightq.credits.amounts import as_text
+from relightq.db import session_scope, utcnow
+from relightq.jobs.models import UpstreamState
+from relightq.metrics import CREDITS_LOW_WARNINGS
+from relightq.settings import Settings
+from relightq.webhooks.events import emit_to_subscribers
+from relightq.webhooks.models import EventType
+
+log = logging.getLogger(__name__)
+
+
+def record_balance(
+    session: Session, remaining: Decimal, seen_at: datetime, settings: Settings
+) -> bool:
+    """Keep a reported balance (unless a newer one is known) and warn on a crossing;
+    True when this report sent the ``credits.low`` warning."""
+    newest = session.execute(
+        update(UpstreamState)
+        .where(UpstreamState.id == 1)
+        .where(
+            or_(UpstreamState.credits_seen_at.is_(None), UpstreamState.credits_seen_at <= seen_at)
+        )
+        .values(remaining_credits=remaining, credits_seen_at=seen_at)
+    )
+    threshold = settings.credit_warn_below
+    if not newest.rowcount or threshold is None:  # type: ignore[attr-defined]
+        return False
+    if remaining >= threshold:
+        session.execute(
+            update(UpstreamState)
+            .where(UpstreamState.id == 1, UpstreamState.credits_low_since.is_not(None))
+            .values(credits_low_since=None)
+        )
+        return False
+    crossed = session.execute(
+        update(UpstreamState)
+        .where(UpstreamState.id == 1, UpstreamState.credits_low_since.is_(None))
+        .values(credits_low_since=seen_at)
+    )
+    if not crossed.rowcount:  # type: ignore[attr-defined]
+        return False  # warned already for this crossing
+    data = {
+        "credits": float(remaining),  # JSON numbers with exact text
+        "threshold": float(threshold),
+        "seen_at": seen_at.isoformat(),
+    }
+    emit_to_subscribers(session, EventType.CREDITS_LOW, data)
+    CREDITS_LOW_WARNINGS.inc()
+    log.warning(
+        "Segmind balance %s is below RELIGHTQ_CREDIT_WARN_BELOW (%s): credits.low sent",
+        as_text(remaining),
+        as_text(threshold),
+    )
+    return True
+
+
+def report_balance(remaining: Decimal, settings: Settings) -> bool:
+    """:func:`record_balance` in a transaction of its own (a v2 submit, the probe)."""
+    with session_scope() as session:
+        return record_balance(session, remaining, utcnow(), settings)

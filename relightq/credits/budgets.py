@@ -1,0 +1,157 @@
+"""Budgets that hold exactly: a call's price is reserved before the call, never after.
+
+A batch's ``credit_budget`` and a tenant's ``monthly_credit_cap`` are limits on what is
+*spent or promised*: before its call a job reserves ``number_of_images × price`` on its
+own row (``jobs.credits_reserved``), checked under a row lock against the credits already
+used plus every reservation still held. Success settles the reservation into
+``credits_used`` (the images returned, never more than reserved); any other end releases
+it. So the credits spent never exceed the limit, whatever the window, the concurrency or
+the number of workers: overshoot 0.
+
+A reservation lives on the job row, not in a worker's memory: a worker killed mid-call
+leaves it held (the call may still be paid) until the job's next run settles or releases
+it. Only jobs not yet final count, so a reservation can never leak past its job's end.
+
+Locks are taken in one order everywhere: the job row, then the batch row, then the
+tenant's month row (as a worker recording a success does), so no two transactions wait
+on each other in a cycle.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from relightq.batches.models import Batch
+from relightq.credits.amounts import ZERO, as_text
+from relightq.db import utcnow
+from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
+from relightq.tenants.models import Tenant, TenantCreditMonth
+
+BUDGET_SPENT = "batch credit budget spent"
+# Jobs parked by their tenant's monthly cap wait with a reason starting so.
+CAP_REACHED = "tenant monthly credit cap reached"
+
+
+def month_of(moment: datetime) -> date:
+    """The calendar month (UTC) a moment falls in, as its first day."""
+    return moment.date().replace(day=1)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a call may not be made now: the batch's budget or the tenant's cap."""
+
+    reason: str
+    cap: bool  # the tenant's monthly cap (else the batch's budget)
+
+
+def _held(where: ColumnElement[bool], job_id: uuid.UUID) -> object:
+    """The credits other unfinished jobs hold reserved (a partial index keeps it small)."""
+    return (
+        select(func.coalesce(func.sum(Job.credits_reserved), 0))
+        .where(where, Job.credits_reserved > 0, Job.id != job_id)
+        .where(Job.status.not_in(FINAL_STATUSES))
+        .scalar_subquery()
+    )
+
+
+def reserve(
+    session: Session,
+    mark_reserved: ColumnElement[bool],
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    batch_id: uuid.UUID | None,
+    amount: Decimal,
+) -> Refusal | None:
+    """Reserve ``amount`` for the job's call against its batch budget and its tenant's
+    monthly cap; None when held (or when neither limit applies: nothing to hold).
+
+    ``mark_reserved`` selects the job's row while its caller still holds the lease. The
+    caller commits the transaction, or rolls it back on a refusal.
+    """
+    cap = session.scalar(select(Tenant.monthly_credit_cap).where(Tenant.id == tenant_id))
+    budget = None
+    if batch_id is not None:
+        budget = session.scalar(select(Batch.credit_budget).where(Batch.id == batch_id))
+    if budget is None and cap is None:
+        return None
+    # The job's own row first (see the module docstring on lock order).
+    session.execute(update(Job).where(mark_reserved).values(credits_reserved=amount))
+    if budget is not None:
+        row = session.execute(
+            select(Batch.credit_budget, Batch.credits_used, _held(Job.batch_id == batch_id, job_id))
+            .where(Batch.id == batch_id)
+            .with_for_update(of=Batch)
+        ).one()
+        if row.credit_budget is not None and row.credits_used + row[2] + amount > row.credit_budget:
+            return Refusal(BUDGET_SPENT, cap=False)
+    if cap is not None:
+        month = month_of(utcnow())
+        used = _lock_month(session, tenant_id, month)
+        held = session.scalar(select(_held(Job.tenant_id == tenant_id, job_id)))
+        if used + (held or ZERO) + amount > cap:
+            return Refusal(
+                f"{CAP_REACHED} ({as_text(used)} of {as_text(cap)} credits used in "
+                f"{month:%Y-%m}, {as_text(held or ZERO)} reserved)",
+                cap=True,
+            )
+    return None
+
+
+def _insert(session: Session) -> type[postgresql.Insert] | type[sqlite.Insert]:
+    # ON CONFLICT is dialect SQL: PostgreSQL in production, SQLite in the demo.
+    return (
+        postgresql.Insert if session.get_bind().dialect.name == "postgresql" else sqlite.Insert
+    )
+
+
+def _lock_month(session: Session, tenant_id: uuid.UUID, month: date) -> Decimal:
+    """The tenant's spend this month, its ledger row locked until commit."""
+    insert = _insert(session)(TenantCreditMonth).values(
+        tenant_id=tenant_id, month=month, credits_used=ZERO
+    )
+    session.execute(insert.on_conflict_do_nothing())
+    used = session.scalar(
+        select(TenantCreditMonth.credits_used)
+        .where(TenantCreditMonth.tenant_id == tenant_id, TenantCreditMonth.month == month)
+        .with_for_update()
+    )
+    return used if used is not None else ZERO
+
+
+def add_to_month(session: Session, tenant_id: uuid.UUID, credits: Decimal, when: datetime) -> None:
+    """Count credits a job spent against its tenant's month (one upsert)."""
+    if not credits:
+        return
+    insert = _insert(session)(TenantCreditMonth).values(
+        tenant_id=tenant_id, month=month_of(when), credits_used=credits
+    )
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["tenant_id", "month"],
+            set_={"credits_used": TenantCreditMonth.credits_used + credits},
+        )
+    )
+
+
+def spent_this_month(session: Session, tenant_id: uuid.UUID) -> Decimal:
+    """What the tenant spent in the current calendar month (UTC)."""
+    used = session.scalar(
+        select(TenantCreditMonth.credits_used).where(
+            TenantCreditMonth.tenant_id == tenant_id,
+            TenantCreditMonth.month == month_of(utcnow()),
+        )
+    )
+    return used if used is not None else ZERO
+
+
+def parked_by_cap() -> ColumnElement[bool]:
+    """Jobs waiting for their tenant's monthly cap to be raised or the month to turn."""
+    return (Job.status == JobStatus.WAITING) & Job.waiting_reason.startswith(CAP_REACHED)
