@@ -31,12 +31,10 @@ from sqlalchemy.orm import Session
 from relightq.batches.models import Batch
 from relightq.credits.amounts import ZERO, as_text
 from relightq.db import utcnow
-from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
+from relightq.jobs.models import CAP_REACHED, FINAL_STATUSES, Job, JobStatus
 from relightq.tenants.models import Tenant, TenantCreditMonth
 
 BUDGET_SPENT = "batch credit budget spent"
-# Jobs parked by their tenant's monthly cap wait with a reason starting so.
-CAP_REACHED = "tenant monthly credit cap reached"
 
 
 def month_of(moment: datetime) -> date:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    or_,
     text,
     true,
 )
@@ -44,11 +45,23 @@ class JobStatus(StrEnum):
 
 FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
+# Jobs parked by their tenant's monthly cap wait with a reason starting so. Defined here,
+# not in relightq.credits.budgets (which imports this module), so both can tell them apart.
+CAP_REACHED = "tenant monthly credit cap reached"
+
 
 def parked_by_pause() -> ColumnElement[bool]:
-    """Jobs waiting for the fleet to resume (no time of their own): the resume wakes them."""
+    """Jobs waiting for the fleet to resume (no time of their own): the resume wakes them.
+
+    Not those parked by their tenant's monthly cap: a resume changes nothing for them, they
+    wait for the cap to be raised or the month to turn (relightq.credits.caps).
+    """
     return and_(
-        Job.status == JobStatus.WAITING, Job.run_after.is_(None), Job.dispatched_at.is_not(None)
+        Job.status == JobStatus.WAITING,
+        Job.run_after.is_(None),
+        Job.dispatched_at.is_not(None),
+        # NULL is not "not like": a job parked without a reason is still the resume's.
+        or_(Job.waiting_reason.is_(None), ~Job.waiting_reason.startswith(CAP_REACHED)),
     )
 
 
