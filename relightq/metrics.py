@@ -66,8 +66,7 @@ JOBS_REUSED = Counter(
 )
 CREDITS_LOW_WARNINGS = Counter(
     "relightq_credits_low_warnings_total",
-    "Times the reported balance fell below RELIGHTQ_CREDIT_WARN_BELOW (one credits.low "
-    "event each)",
+    "Times the reported balance fell below RELIGHTQ_CREDIT_WARN_BELOW (one credits.low event each)",
 )
 UPSTREAM_POLLS = Counter(
     "relightq_upstream_polls_total",

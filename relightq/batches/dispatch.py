@@ -19,7 +19,6 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from relightq.batches.models import Batch
-from relightq.credits.budgets import BUDGET_SPENT
 from relightq.db import utcnow
 from relightq.jobs.models import FINAL_STATUSES, IN_FLIGHT_STATUSES, Job, JobStatus, held_by_batch
 from relightq.jobs.service import publish_job
@@ -28,6 +27,7 @@ from relightq.webhooks.events import emit
 from relightq.webhooks.models import EventType
 
 log = logging.getLogger(__name__)
+
 
 def budget_spent(batch: Batch) -> bool:
     """True once the batch has used its whole credit budget."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, ScalarSelect, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -50,7 +50,7 @@ class Refusal:
     cap: bool  # the tenant's monthly cap (else the batch's budget)
 
 
-def _held(where: ColumnElement[bool], job_id: uuid.UUID) -> object:
+def _held(where: ColumnElement[bool], job_id: uuid.UUID) -> ScalarSelect[Decimal]:
     """The credits other unfinished jobs hold reserved (a partial index keeps it small)."""
     return (
         select(func.coalesce(func.sum(Job.credits_reserved), 0))
@@ -60,6 +60,26 @@ def _held(where: ColumnElement[bool], job_id: uuid.UUID) -> object:
     )
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What may stop a job's call, read in one query just before it."""
+
+    monthly_cap: Decimal | None
+    budget: Decimal | None
+    batch_cancelled: bool
+
+
+def limits(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID | None) -> Limits:
+    """The tenant's monthly cap and the job's batch's budget and cancellation."""
+    row = session.execute(
+        select(Tenant.monthly_credit_cap, Batch.credit_budget, Batch.cancelled_at)
+        .select_from(Tenant)
+        .outerjoin(Batch, Batch.id == batch_id)
+        .where(Tenant.id == tenant_id)
+    ).one()
+    return Limits(row.monthly_credit_cap, row.credit_budget, row.cancelled_at is not None)
+
+
 def reserve(
     session: Session,
     mark_reserved: ColumnElement[bool],
@@ -67,17 +87,17 @@ def reserve(
     tenant_id: uuid.UUID,
     batch_id: uuid.UUID | None,
     amount: Decimal,
+    known: Limits | None = None,
 ) -> Refusal | None:
     """Reserve ``amount`` for the job's call against its batch budget and its tenant's
     monthly cap; None when held (or when neither limit applies: nothing to hold).
 
-    ``mark_reserved`` selects the job's row while its caller still holds the lease. The
-    caller commits the transaction, or rolls it back on a refusal.
+    ``mark_reserved`` selects the job's row while its caller still holds the lease;
+    ``known`` are the limits if the caller read them already. The caller commits the
+    transaction, or rolls it back on a refusal.
     """
-    cap = session.scalar(select(Tenant.monthly_credit_cap).where(Tenant.id == tenant_id))
-    budget = None
-    if batch_id is not None:
-        budget = session.scalar(select(Batch.credit_budget).where(Batch.id == batch_id))
+    known = known or limits(session, tenant_id, batch_id)
+    budget, cap = known.budget, known.monthly_cap
     if budget is None and cap is None:
         return None
     # The job's own row first (see the module docstring on lock order).
@@ -105,9 +125,7 @@ def reserve(
 
 def _insert(session: Session) -> type[postgresql.Insert] | type[sqlite.Insert]:
     # ON CONFLICT is dialect SQL: PostgreSQL in production, SQLite in the demo.
-    return (
-        postgresql.Insert if session.get_bind().dialect.name == "postgresql" else sqlite.Insert
-    )
+    return postgresql.Insert if session.get_bind().dialect.name == "postgresql" else sqlite.Insert
 
 
 def _lock_month(session: Session, tenant_id: uuid.UUID, month: date) -> Decimal:

@@ -23,8 +23,9 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
@@ -33,8 +34,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from relightq.batches.dispatch import BUDGET_SPENT, add_credits, budget_spent, settle
+from relightq.batches.dispatch import add_credits, settle
 from relightq.batches.models import Batch
+from relightq.credits import budgets, reuse
+from relightq.credits.amounts import ZERO
+from relightq.credits.balance import record_balance, report_balance
+from relightq.credits.budgets import BUDGET_SPENT, Refusal, add_to_month, reserve
 from relightq.db import session_scope, utcnow
 from relightq.jobs.models import (
     FINAL_STATUSES,
@@ -42,13 +47,19 @@ from relightq.jobs.models import (
     JobAttempt,
     JobOutput,
     JobStatus,
-    UpstreamState,
 )
 from relightq.jobs.polling import Poller, PollSchedule
 from relightq.jobs.service import JOB_LEASES, cancelled_values, output_key, publish_job
 from relightq.leases import Lease, LeaseKeeper
 from relightq.logs import bind, bound
-from relightq.metrics import UPSTREAM_POLLS, UPSTREAM_RECEIPT_SECONDS, observe_upstream
+from relightq.metrics import (
+    CREDITS_SAVED,
+    CREDITS_SPENT,
+    JOBS_REUSED,
+    UPSTREAM_POLLS,
+    UPSTREAM_RECEIPT_SECONDS,
+    observe_upstream,
+)
 from relightq.segmind.client import (
     RelightResult,
     SegmindClient,
@@ -110,6 +121,10 @@ class Claim:
     request: UpstreamRequest | None = None
     submitted_at: datetime | None = None
     resubmits: int = 0
+    # Result reuse: allowed for this job; what its picture is, once a run learned it.
+    reuse: bool = True
+    reuse_key: str | None = None
+    subject_locator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +208,9 @@ def claim(
             Job.upstream_response_url,
             Job.upstream_submitted_at,
             Job.upstream_resubmits,
+            Job.reuse,
+            Job.reuse_key,
+            Job.subject_locator,
         )
     ).one_or_none()
     if row is None:
@@ -215,6 +233,9 @@ def claim(
         request,
         row.upstream_submitted_at,
         row.upstream_resubmits,
+        row.reuse,
+        row.reuse_key,
+        row.subject_locator,
     )
 
 
@@ -250,9 +271,10 @@ def _still_ours(claim_: Claim) -> ColumnElement[bool]:
 
 def _owned_update(claim_: Claim, *, keep_request: bool = False, **values: Any) -> Any:
     """An UPDATE that only lands while this worker still holds the lease; it ends the
-    lease, and forgets the job's v2 request unless ``keep_request`` (still to collect)."""
+    lease, and forgets the job's v2 request and releases its credit reservation unless
+    ``keep_request`` (a request still to collect, which Segmind will bill)."""
     if not keep_request:
-        values = {**_NO_REQUEST, **values}
+        values = {**_NO_REQUEST, "credits_reserved": ZERO, **values}
     return (
         update(Job)
         .where(_still_ours(claim_))
@@ -266,14 +288,24 @@ def _owned_update(claim_: Claim, *, keep_request: bool = False, **values: Any) -
     )
 
 
-def _load_subject(claim_: Claim, storage: Storage) -> str | SubjectUpload:
+@dataclass(frozen=True)
+class Subject:
+    """The subject as Segmind gets it, and what it is, if known (for result reuse)."""
+
+    upstream: str | SubjectUpload
+    identity: reuse.SubjectIdentity | None
+
+
+def _load_subject(claim_: Claim, storage: Storage) -> Subject:
     """An http(s) URL goes to Segmind as is; stored bytes go as a multipart upload."""
     subject = claim_.subject_image
     if subject.startswith(("http://", "https://")):
-        return subject
-    data = storage.get(subject)
-    content_type = sniff_image_type(data) or "application/octet-stream"
-    return SubjectUpload(data, subject.rsplit("/", 1)[-1], content_type)
+        etag = reuse.strong_etag(subject) if claim_.reuse else None
+        return Subject(subject, reuse.url_identity(subject, etag) if etag else None)
+    blob = storage.read(subject)
+    content_type = sniff_image_type(blob.data) or "application/octet-stream"
+    upload = SubjectUpload(blob.data, subject.rsplit("/", 1)[-1], content_type)
+    return Subject(upload, reuse.stored_identity(subject, blob.data, blob.etag))
 
 
 def pause_reason(fleet: Fleet) -> str | None:
@@ -332,18 +364,20 @@ def _publish_again(job_id: uuid.UUID) -> None:
 
 @dataclass(frozen=True)
 class Cleared:
-    """A claimed job holding a fleet slot, with nothing left to stop its call."""
+    """A claimed job holding a fleet slot (and its credits reserved), with nothing left
+    to stop its call."""
 
+    claim: Claim
     subject: str | SubjectUpload
     params: RelightParams
-    gate: BatchGate
 
 
 def _cleared_for_call(
     claim_: Claim, lease: Lease, slot: str, deps: RunnerDeps, slot_ttl: float | None = None
 ) -> Cleared | None:
-    """Read the subject, wait for a slot, ask the batch; None when the job was given up
-    (its outcome recorded) instead of calling."""
+    """Read the subject, reuse an earlier picture if there is one, wait for a slot,
+    reserve the call's credits; None when the job was given up or done (its outcome
+    recorded) instead of calling."""
     try:
         subject = _load_subject(claim_, deps.storage)
     except (StorageError, ValueError) as exc:
@@ -356,6 +390,12 @@ def _cleared_for_call(
         )
         return None
     params = RelightParams.model_validate(claim_.params)
+    if claim_.reuse and subject.identity is not None:
+        key = reuse.reuse_key(subject.identity, params)
+        if key is not None:
+            claim_ = replace(claim_, reuse_key=key, subject_locator=subject.identity.locator)
+            if _reused(claim_, deps):
+                return None
 
     admission = wait_for_slot(
         deps.fleet,
@@ -367,13 +407,13 @@ def _cleared_for_call(
     if not admission.admitted:
         _not_admitted(claim_, admission, deps)
         return None
-    # The batch is read once the slot is ours, just before the call: a cancel or a spent
-    # budget while the item waited for its slot stops it here, so a cancelled batch makes
-    # no more calls and a budget is overshot by at most the calls already in flight.
-    gate = _batch_gate(claim_) if claim_.batch_id is not None else BatchGate()
-    if gate.stop is not None:
+    # The batch and the credits are settled once the slot is ours, just before the call:
+    # a cancel while the item waited stops it here, and the reservation is held only by
+    # calls about to start (never by jobs queueing for a slot).
+    stop = _reserve_or_stop(claim_, params, deps)
+    if stop is not None:
         deps.fleet.release(slot)
-        gate.stop()
+        stop()
         return None
     # The last moment to give the job up without paying for a call.
     if lease.lost:
@@ -384,7 +424,116 @@ def _cleared_for_call(
         deps.fleet.release(slot)
         _hand_back(claim_)
         return None
-    return Cleared(subject, params, gate)
+    return Cleared(claim_, subject.upstream, params)
+
+
+def _reused(claim_: Claim, deps: RunnerDeps) -> bool:
+    """Copy an earlier identical picture, or wait for the job making it now; False when
+    this job is the one to make it (its reuse_key is then recorded)."""
+    assert claim_.reuse_key is not None
+    with session_scope() as session:
+        found = reuse.find_or_mark(
+            session,
+            claim_.job_id,
+            claim_.tenant_id,
+            claim_.reuse_key,
+            update(Job)
+            .where(_still_ours(claim_))
+            .values(reuse_key=claim_.reuse_key, subject_locator=claim_.subject_locator),
+        )
+    if isinstance(found, reuse.Twin):
+        _finish(
+            claim_,
+            None,
+            status=JobStatus.QUEUED,
+            refund=True,
+            waiting_reason=f"waiting for job {found.job_id}, which is making the same picture",
+            publish_after=reuse.TWIN_WAIT_SECONDS,
+        )
+        return True
+    if isinstance(found, reuse.Source):
+        return _copy_outputs(claim_, found, deps)
+    return False
+
+
+def _copy_outputs(claim_: Claim, source: reuse.Source, deps: RunnerDeps) -> bool:
+    """Succeed with the source's pictures copied to this job's own keys (so manifests,
+    templates and deletes stay independent); False if they cannot be copied (deleted
+    meanwhile): the job then pays for its own."""
+    outputs = []
+    try:
+        for output in source.outputs:
+            uri = output_uri(claim_, output.index, output.content_type, deps.storage.bucket)
+            deps.storage.copy(output.uri, uri)
+            outputs.append(
+                JobOutput(
+                    job_id=claim_.job_id,
+                    index=output.index,
+                    uri=uri,
+                    content_type=output.content_type,
+                    bytes=output.bytes,
+                    sha256=output.sha256,
+                )
+            )
+    except StorageError as exc:
+        log.warning(
+            "job %s: outputs of job %s could not be copied (%s); calling Segmind instead",
+            claim_.job_id,
+            source.job_id,
+            exc,
+        )
+        return False
+    saved = reuse.value_of(outputs, deps.settings.segmind_credits_per_image)
+    _record_reuse(claim_, outputs, source.job_id, saved)
+    return True
+
+
+@_outlive_db_restart
+def _record_reuse(
+    claim_: Claim, outputs: list[JobOutput], source_id: uuid.UUID, saved: Decimal
+) -> None:
+    now = utcnow()
+    with session_scope() as session:
+        done = session.execute(
+            _owned_update(
+                claim_,
+                status=JobStatus.SUCCEEDED,
+                finished_at=now,
+                # No call was made: the claim's attempt is given back.
+                attempts=Job.attempts - 1,
+                credits_used=ZERO,
+                credits_saved=saved,
+                reused_from=source_id,
+                reuse_key=claim_.reuse_key,
+                subject_locator=claim_.subject_locator,
+                error_code=None,
+                error_message=None,
+                waiting_reason=None,
+            )
+        )
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            log.warning("job %s lost its lease before reusing; outcome discarded", claim_.job_id)
+            return
+        session.query(JobOutput).filter(JobOutput.job_id == claim_.job_id).delete()
+        session.add_all(outputs)
+        session.flush()
+        emit_job_final(session, claim_.job_id)
+        if claim_.batch_id is not None:
+            session.execute(
+                update(Batch)
+                .where(Batch.id == claim_.batch_id)
+                .values(
+                    reused=Batch.reused + 1,
+                    credits_saved=Batch.credits_saved + saved,
+                    updated_at=now,
+                )
+            )
+            settle(session, claim_.batch_id)
+    JOBS_REUSED.inc()
+    CREDITS_SAVED.inc(float(saved))
+    log.info(
+        "job %s succeeded by reusing job %s (%s credits saved)", claim_.job_id, source_id, saved
+    )
 
 
 def _run_claimed(claim_: Claim, lease: Lease, deps: RunnerDeps) -> None:
@@ -392,22 +541,21 @@ def _run_claimed(claim_: Claim, lease: Lease, deps: RunnerDeps) -> None:
     cleared = _cleared_for_call(claim_, lease, slot, deps)
     if cleared is None:
         return
-    subject, params, gate = cleared.subject, cleared.params, cleared.gate
+    claim_ = cleared.claim
     started = utcnow()
     clock = time.monotonic()
     try:
         try:
-            result = deps.client.relight(params, subject)
+            result = deps.client.relight(cleared.params, cleared.subject)
         except SegmindError as exc:
             observe_upstream(time.monotonic() - clock, exc.status, exc.code)
             # Held until handled: a 406's pause is recorded before the slot admits anyone.
             _handle_upstream_error(claim_, CallRecord(started, exc.status, exc), deps)
             return
-        if not gate.budgeted:
-            # Freed before the outputs are stored: the slot is Segmind's concurrency, and
-            # storing takes tens of ms (4 % of throughput at a 1 s call). A budgeted item
-            # keeps it until its credits are recorded, so the next item sees them.
-            deps.fleet.release(slot)
+        # Freed before the outputs are stored: the slot is Segmind's concurrency, and
+        # storing takes tens of ms (4 % of throughput at a 1 s call). Budgets need no
+        # slot: the call's credits stay reserved until its success is recorded.
+        deps.fleet.release(slot)
         observe_upstream(time.monotonic() - clock, 200, None)
         _succeed(claim_, result, deps, CallRecord(started, 200))
     finally:
@@ -426,8 +574,6 @@ class PolledRequest:
     request: UpstreamRequest
     submitted_at: datetime
     started_at: datetime
-    # The batch has a credit budget: the slot is kept until the credits are recorded.
-    budgeted: bool = True
     failed_polls: int = 0  # in a row
 
 
@@ -452,7 +598,6 @@ def _run_v2(claim_: Claim, deps: RunnerDeps) -> None:
                 claim_.request,
                 submitted,
                 utcnow(),
-                claim_.batch_id is not None,
             )
             log.info("job %s: polling request %s again", claim_.job_id, claim_.request.request_id)
         else:
@@ -482,6 +627,7 @@ def _submit(
     cleared = _cleared_for_call(claim_, lease, slot, deps, slot_ttl)
     if cleared is None:
         return None
+    claim_ = cleared.claim
     started = utcnow()
     clock = time.monotonic()
     try:
@@ -516,7 +662,7 @@ def _submit(
     if request.remaining_credits is not None:
         _note_balance(request.remaining_credits, deps)
     log.info("job %s: submitted request %s", claim_.job_id, request.request_id)
-    return PolledRequest(claim_, lease, slot, request, utcnow(), started, cleared.gate.budgeted)
+    return PolledRequest(claim_, lease, slot, request, utcnow(), started)
 
 
 @_outlive_db_restart
@@ -561,10 +707,9 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
             polled.failed_polls = 0
             return _next_poll(polled, deps)
         deps.poll_schedule.observe(_age(polled))
-        if not polled.budgeted:
-            # Done at Segmind: its slot is free for the next request while this one's
-            # outputs are fetched and stored (as a v1 call frees it before storing).
-            deps.fleet.release(polled.slot)
+        # Done at Segmind: its slot is free for the next request while this one's outputs
+        # are fetched and stored (as a v1 call frees it before storing).
+        deps.fleet.release(polled.slot)
         result = deps.client.result(polled.request)
     except SegmindRateLimited as exc:
         UPSTREAM_POLLS.labels("rate_limited").inc()
@@ -607,12 +752,7 @@ def _poll(polled: PolledRequest, deps: RunnerDeps) -> float | None:
             return min(_next_poll(polled, deps), FAILED_POLL_RETRY_SECONDS)
         _end_attempt(polled, exc, deps)
         return None
-    try:
-        _succeed(claim_, result, deps, _call(polled, 200))
-    finally:
-        # A budgeted item's slot is freed once its credits are recorded, so the next
-        # item's budget check sees them (releasing twice is harmless).
-        deps.fleet.release(polled.slot)
+    _succeed(claim_, result, deps, _call(polled, 200))
     deps.keeper.drop(lease)
     return None
 
@@ -673,50 +813,61 @@ def _rate_limit_delay(exc: SegmindRateLimited) -> float:
     return max(0.5, (exc.reset_at - utcnow()).total_seconds())
 
 
-def _note_balance(remaining: float, deps: RunnerDeps) -> None:
-    """Remember the balance Segmind reported; below the reserve, pause the fleet."""
+def _note_balance(remaining: Decimal, deps: RunnerDeps, *, recorded: bool = False) -> None:
+    """Remember the balance Segmind reported (and warn when it crossed
+    RELIGHTQ_CREDIT_WARN_BELOW, unless ``recorded`` already); below the reserve, pause."""
     deps.fleet.record_credits(remaining)
-    reserve = deps.settings.credit_reserve
-    if reserve and remaining < reserve:
+    if not recorded:
+        report_balance(remaining, deps.settings)
+    credit_reserve = deps.settings.credit_reserve
+    if credit_reserve and remaining < credit_reserve:
         pause_fleet(
             deps.fleet,
             CREDIT_RESERVE,
-            f"{remaining:.3f} credits left, below the reserve of {reserve}",
+            f"{remaining:.3f} credits left, below the reserve of {credit_reserve}",
         )
 
 
-@dataclass(frozen=True)
-class BatchGate:
-    """What the item's batch says just before the call."""
-
-    stop: Callable[[], None] | None = None  # instead of the call: cancelled or budget spent
-    budgeted: bool = False  # the batch has a credit budget
-
-
-def _batch_gate(claim_: Claim) -> BatchGate:
-    assert claim_.batch_id is not None
+def _reserve_or_stop(
+    claim_: Claim, params: RelightParams, deps: RunnerDeps
+) -> Callable[[], None] | None:
+    """Reserve the call's credits against the batch budget and the tenant's monthly cap;
+    what to do instead of calling (cancelled batch, budget spent, cap reached), or None."""
+    amount = deps.settings.segmind_credits_per_image * params.number_of_images
     with session_scope() as session:
-        batch = session.get(Batch, claim_.batch_id)
-        if batch is None:
-            return BatchGate()
-        cancelled = batch.cancelled_at is not None
-        spent = budget_spent(batch)
-        budgeted = batch.credit_budget is not None
-    if cancelled:
-        return BatchGate(lambda: _cancel_claimed(claim_))
-    if spent:
-        # Back to its batch, which releases nothing more until the budget is raised.
-        return BatchGate(
-            lambda: _finish(
-                claim_,
-                None,
-                status=JobStatus.WAITING,
-                refund=True,
-                waiting_reason=BUDGET_SPENT,
-                return_to_batch=True,
-            )
+        known = budgets.limits(session, claim_.tenant_id, claim_.batch_id)
+        if known.batch_cancelled:
+            return lambda: _cancel_claimed(claim_)
+        refusal = reserve(
+            session,
+            _still_ours(claim_),
+            claim_.job_id,
+            claim_.tenant_id,
+            claim_.batch_id,
+            amount,
+            known,
         )
-    return BatchGate(budgeted=budgeted)
+        if refusal is not None:
+            session.rollback()  # nothing reserved
+    if refusal is None:
+        return None
+    return lambda: _refused(claim_, refusal)
+
+
+def _refused(claim_: Claim, refusal: Refusal) -> None:
+    if refusal.cap:
+        # Parked until the cap is raised or the month turns (relightq.credits.caps).
+        _finish(claim_, None, status=JobStatus.WAITING, refund=True, waiting_reason=refusal.reason)
+    else:
+        # Back to its batch, which goes on when the budget is raised.
+        _finish(
+            claim_,
+            None,
+            status=JobStatus.WAITING,
+            refund=True,
+            waiting_reason=BUDGET_SPENT,
+            return_to_batch=True,
+        )
 
 
 def _cancel_claimed(claim_: Claim) -> None:
@@ -941,19 +1092,37 @@ def _succeed(claim_: Claim, result: RelightResult, deps: RunnerDeps, call: CallR
                 sha256=hashlib.sha256(image.data).hexdigest(),
             )
         )
-    credits = deps.settings.segmind_credits_per_image * len(result.images)
-    _record_success(claim_, outputs, credits, result.remaining_credits, call)
+    # Billed per image asked for: an answer with more images than that costs no more
+    # than its reservation.
+    images = min(len(result.images), int(claim_.params.get("number_of_images", 1)))
+    credits = deps.settings.segmind_credits_per_image * images
+    _record_success(
+        claim_, outputs, credits, result.remaining_credits, call, deps, _still_the_same(claim_)
+    )
+    CREDITS_SPENT.inc(float(credits))
     if result.remaining_credits is not None:
-        _note_balance(result.remaining_credits, deps)
+        _note_balance(result.remaining_credits, deps, recorded=True)
+
+
+def _still_the_same(claim_: Claim) -> bool:
+    """Whether the subject is still what the reuse key says it was. Segmind fetched a URL
+    itself at some moment of the call: only the same strong ETag before and after it
+    proves which bytes it read. Stored bytes were read and sent by relightq itself."""
+    if claim_.reuse_key is None or not claim_.subject_image.startswith(("http://", "https://")):
+        return True
+    etag = reuse.strong_etag(claim_.subject_image)
+    return etag is not None and reuse.locator(claim_.subject_image, etag) == claim_.subject_locator
 
 
 @_outlive_db_restart
 def _record_success(
     claim_: Claim,
     outputs: list[JobOutput],
-    credits: float,
-    remaining: float | None,
+    credits: Decimal,
+    remaining: Decimal | None,
     call: CallRecord,
+    deps: RunnerDeps,
+    reusable: bool,
 ) -> None:
     now = utcnow()
     with session_scope() as session:
@@ -967,6 +1136,8 @@ def _record_success(
                 error_code=None,
                 error_message=None,
                 waiting_reason=None,
+                # Offered for reuse only while the subject provably did not change.
+                reuse_key=claim_.reuse_key if reusable else None,
             )
         )
         session.add(_attempt_row(claim_, call, outcome="succeeded", counted=True))
@@ -977,26 +1148,15 @@ def _record_success(
         session.add_all(outputs)
         session.flush()
         emit_job_final(session, claim_.job_id)
-        if remaining is not None:
-            record_credits(session, remaining, now)
+        # The reservation is settled in this transaction (the owned update released it),
+        # in lock order: job, batch, tenant month (relightq.credits.budgets).
         if claim_.batch_id is not None:
             add_credits(session, claim_.batch_id, credits)
             settle(session, claim_.batch_id)
+        add_to_month(session, claim_.tenant_id, credits, now)
+        if remaining is not None:
+            record_balance(session, remaining, now, deps.settings)
     log.info("job %s succeeded with %d image(s)", claim_.job_id, len(outputs))
-
-
-def record_credits(session: Session, remaining: float, seen_at: datetime) -> None:
-    """Remember the balance Segmind last reported, keeping the newest report."""
-    # One conditional UPDATE of the row the migration seeded: no lock, no insert race,
-    # and an older report never overwrites a newer one.
-    session.execute(
-        update(UpstreamState)
-        .where(UpstreamState.id == 1)
-        .where(
-            or_(UpstreamState.credits_seen_at.is_(None), UpstreamState.credits_seen_at <= seen_at)
-        )
-        .values(remaining_credits=remaining, credits_seen_at=seen_at)
-    )
 
 
 def retry_delay(attempt: int, settings: Settings) -> float:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from relightq.broker import Queue, TaskName, get_celery
+from relightq.credits.balance import report_balance
 from relightq.jobs.models import Job, parked_by_pause
 from relightq.jobs.service import publish_job
 from relightq.segmind.client import SegmindClient
@@ -122,6 +123,7 @@ def probe(fleet: Fleet, client: SegmindClient, settings: Settings) -> ProbeResul
     except SegmindError as exc:
         return _probe_again(fleet, settings, None, f"probe failed: {exc.message}")
     fleet.record_credits(credits)
+    report_balance(credits, settings)
     # Enough for at least one call above the reserve; a 401 pause lifts as soon as the
     # key works, and a still-short balance is caught by the next 406 or reserve check.
     if credits >= settings.credit_reserve + settings.segmind_credits_per_image:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import select, update
@@ -120,7 +121,7 @@ def test_a_worker_that_lost_its_lease_cannot_record_an_outcome(tenant: TenantKey
     assert current is not None
     storage = MemoryStorage()
     deps = RunnerDeps(get_settings(), None, storage, LocalFleet(1, 1), keeper())  # type: ignore[arg-type]
-    result = RelightResult([RelitImage(product_png(), "image/png")], 9.0)
+    result = RelightResult([RelitImage(product_png(), "image/png")], Decimal("9.0"))
 
     _succeed(stale, result, deps, CallRecord(utcnow(), 200))
     with session_scope() as session:
@@ -159,7 +160,7 @@ def test_a_balance_below_the_reserve_pauses_the_fleet_before_it_reaches_zero(
     fleet = LocalFleet(4, 100)
     settings = get_settings().model_copy(update={"credit_reserve": 5.0})
     deps = RunnerDeps(settings, None, MemoryStorage(), fleet, keeper())  # type: ignore[arg-type]
-    result = RelightResult([RelitImage(product_png(), "image/png")], 4.2)
+    result = RelightResult([RelitImage(product_png(), "image/png")], Decimal("4.2"))
     _succeed(current, result, deps, CallRecord(utcnow(), 200))
     state = fleet.state()
     assert state.paused and state.code == "credit_reserve" and state.credits == 4.2
@@ -193,7 +194,7 @@ class RecordingClient:
 
     def relight(self, *_: object) -> RelightResult:
         self.calls += 1
-        return RelightResult([RelitImage(product_png(), "image/png")], 9.0)
+        return RelightResult([RelitImage(product_png(), "image/png")], Decimal("9.0"))
 
 
 def test_a_job_whose_lease_is_lost_before_the_call_is_not_called(tenant: TenantKey) -> None:
