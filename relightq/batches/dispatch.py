@@ -30,8 +30,11 @@ log = logging.getLogger(__name__)
 
 
 def budget_spent(batch: Batch) -> bool:
-    """True once the batch has used its whole credit budget."""
-    return batch.credit_budget is not None and batch.credits_used >= batch.credit_budget
+    """True once the batch's budget has no room left for one more image."""
+    if batch.credit_budget is None:
+        return False
+    price = get_settings().segmind_credits_per_image
+    return batch.credits_used + price > batch.credit_budget
 
 
 def release(session: Session, batch_id: uuid.UUID) -> int:

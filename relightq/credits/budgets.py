@@ -103,12 +103,14 @@ def reserve(
     # The job's own row first (see the module docstring on lock order).
     session.execute(update(Job).where(mark_reserved).values(credits_reserved=amount))
     if budget is not None:
-        row = session.execute(
-            select(Batch.credit_budget, Batch.credits_used, _held(Job.batch_id == batch_id, job_id))
-            .where(Batch.id == batch_id)
-            .with_for_update(of=Batch)
-        ).one()
-        if row.credit_budget is not None and row.credits_used + row[2] + amount > row.credit_budget:
+        # Lock first, then sum in a statement of its own: under READ COMMITTED each
+        # statement sees what committed before it began, so the sum sees every
+        # reservation committed by whoever held the lock before us.
+        used = session.scalar(
+            select(Batch.credits_used).where(Batch.id == batch_id).with_for_update()
+        )
+        held = session.scalar(select(_held(Job.batch_id == batch_id, job_id)))
+        if (used or ZERO) + (held or ZERO) + amount > budget:
             return Refusal(BUDGET_SPENT, cap=False)
     if cap is not None:
         month = month_of(utcnow())

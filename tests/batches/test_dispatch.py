@@ -28,10 +28,13 @@ COST = 0.037  # the simulator's credits per image
 
 
 def submit_catalog(api: httpx.Client, count: int, **fields: Any) -> str:
-    """A CSV batch of ``count`` items of one product photo; returns the batch id."""
+    """A CSV batch of ``count`` items of one product photo; returns the batch id.
+
+    Every item is the same picture, which result reuse would make once and copy; these
+    tests are about calls, so the batch buys each one (reuse false)."""
     _, url = shop_image("catalog/big.png")
     rows = [{"subject_image": url, "external_id": f"SKU-{n}"} for n in range(count)]
-    data = {"defaults": '{"prompt": "catalog light"}', **fields}
+    data = {"defaults": '{"prompt": "catalog light"}', "reuse": "false", **fields}
     response = api.post("/v1/batches", files={"file": ("big.csv", csv_file(rows))}, data=data)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
@@ -90,27 +93,46 @@ def test_a_spent_credit_budget_makes_the_batch_wait_until_it_is_raised(
     api: httpx.Client, simulator: httpx.Client
 ) -> None:
     simulator.post("/admin/config", json={"latency": 0.1}).raise_for_status()
-    budget = 0.1  # under three images' worth
-    batch_id = submit_catalog(api, 12, credit_budget=str(budget))
+    batch_id = submit_catalog(api, 12, credit_budget="0.1")  # room for two images, not three
 
     waiting = wait_batch(api, batch_id, "waiting")
     assert waiting["waiting_reason"] == "batch credit budget spent"
     wait_until(lambda: api.get(f"/v1/batches/{batch_id}").json()["counts"]["running"] == 0)
     spent = api.get(f"/v1/batches/{batch_id}").json()
-    calls = simulator.get("/admin/stats").json()["calls"]
-    # Overshoot is at most the calls already in flight when the budget ran out.
-    in_flight_cap = get_settings().max_concurrent_calls
-    assert budget <= spent["credits_used"] < budget + in_flight_cap * COST
-    assert spent["counts"]["succeeded"] == calls < 12
+    # Reserved before each call: never a credit past the budget.
+    assert spent["credits_used"] == 0.074
+    assert spent["counts"]["succeeded"] == simulator.get("/admin/stats").json()["calls"] == 2
     time.sleep(1)
-    assert simulator.get("/admin/stats").json()["calls"] == calls  # it really waits
-    assert attempts_spent(batch_id) == calls  # the items sent back lost no attempt
+    assert simulator.get("/admin/stats").json()["calls"] == 2  # it really waits
+    assert attempts_spent(batch_id) == 2  # the items sent back lost no attempt
 
     raised = api.patch(f"/v1/batches/{batch_id}", json={"credit_budget": None})
     assert raised.status_code == 200, raised.text
     done = wait_batch(api, batch_id, "completed")
     assert done["counts"]["succeeded"] == 12
-    assert done["credits_used"] == pytest.approx(12 * COST)
+    assert done["credits_used"] == 0.444  # exactly 12 × 0.037, no float residue
+
+
+def test_a_budget_is_never_overshot_whatever_the_concurrency(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    # Slow calls, so that every slot and the whole window are busy when the budget runs
+    # out: a check after the calls would let all of them through.
+    simulator.post("/admin/config", json={"latency": 0.5}).raise_for_status()
+    batch_id = submit_catalog(api, 50, credit_budget="0.37")  # exactly ten images
+
+    wait_batch(api, batch_id, "waiting", timeout=60)
+    wait_until(lambda: api.get(f"/v1/batches/{batch_id}").json()["counts"]["running"] == 0)
+    time.sleep(1)
+
+    batch = api.get(f"/v1/batches/{batch_id}").json()
+    assert simulator.get("/admin/stats").json()["calls"] == 10
+    assert batch["credits_used"] == 0.37 and batch["counts"]["succeeded"] == 10
+    with session_scope() as session:
+        held = session.scalar(
+            select(func.sum(Job.credits_reserved)).where(Job.batch_id == batch_id)
+        )
+    assert not held  # nothing left reserved
 
 
 def test_pausing_with_a_big_batch_queued_spins_nothing_and_burns_no_attempts(
@@ -218,13 +240,24 @@ def test_items_waiting_for_a_slot_when_the_budget_runs_out_make_no_call(
 ) -> None:
     simulator.post("/admin/config", json={"latency": 1.0}).raise_for_status()
     with slots_held(get_settings().max_concurrent_calls - 1):
-        batch_id = submit_catalog(api, 12, credit_budget="0.03")  # less than one call
+        batch_id = submit_catalog(api, 12, credit_budget="0.05")  # one call, not two
         wait_batch(api, batch_id, "waiting", timeout=30)
         wait_until(lambda: api.get(f"/v1/batches/{batch_id}").json()["counts"]["running"] == 0)
 
     # One call was on the wire; the items that waited behind it for a slot did not follow.
     assert simulator.get("/admin/stats").json()["calls"] == 1
     assert attempts_spent(batch_id) == 1
+
+
+def test_a_budget_smaller_than_one_image_makes_no_call(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    batch_id = submit_catalog(api, 3, credit_budget="0.03")
+    batch = wait_batch(api, batch_id, "waiting", timeout=30)
+    assert batch["waiting_reason"] == "batch credit budget spent"
+    time.sleep(0.5)
+    assert simulator.get("/admin/stats").json()["calls"] == 0
+    assert attempts_spent(batch_id) == 0
 
 
 def test_cancelling_a_batch_stops_items_waiting_for_a_slot_before_their_call(
