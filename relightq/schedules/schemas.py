@@ -78,6 +78,11 @@ class RerunBatch(BaseModel):
     type: Literal["rerun_batch"]
     batch_id: uuid.UUID
     overrides: dict[str, Any] = Field(default_factory=dict, description="e.g. a new prompt")
+    reuse: bool = Field(
+        default=True,
+        description="copy pictures already made (same image content and parameters) instead "
+        "of buying them again; false buys every item anew",
+    )
 
     _overrides_are_job_fields = field_validator("overrides")(_job_fields)
 

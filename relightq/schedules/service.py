@@ -456,6 +456,7 @@ def _rerun_batch(
                     "external_id": job.external_id,
                     "metadata": job.metadata_,
                     "priority": job.priority,
+                    "reuse": job.reuse,
                     **action.overrides,
                 }
             if len(jobs) < ACTION_CHUNK:
@@ -467,6 +468,7 @@ def _rerun_batch(
         output_prefix=original.output_prefix,
         key_template=original.key_template,
         credit_budget=original.credit_budget,
+        reuse=action.reuse and original.reuse,
         metadata=original.metadata_,
     )
     spec.callback_url = original.callback_url  # checked when the original was created

@@ -35,9 +35,12 @@ def run_tick(now: datetime) -> list[uuid.UUID]:
     return tick(get_sessionmaker(), now, get_storage(), get_settings())
 
 
-def small_batch(api: httpx.Client, count: int = 1, wait: bool = True) -> str:
+def small_batch(api: httpx.Client, count: int = 1, wait: bool = True, reuse: bool = False) -> str:
+    """``count`` items of one photo. They buy every picture unless ``reuse``: these tests
+    time runs that overlap, and re-runs made of copies would end at once."""
     _, url = shop_image("catalog/scheduled.png")
-    body = {"defaults": {"prompt": "x"}, "items": [{"subject_image": url}] * count}
+    items = [{"subject_image": url}] * count
+    body = {"defaults": {"prompt": "x"}, "items": items, "reuse": reuse}
     batch_id = str(api.post("/v1/batches", json=body).json()["id"])
     if wait:
         wait_batch(api, batch_id, "completed")
@@ -86,6 +89,27 @@ def test_a_schedule_fires_at_its_time_in_its_time_zone_once(
     [job] = api.get("/v1/jobs", params={"batch_id": batch["id"]}).json()["items"]
     assert job["params"]["prompt"] == "winter" and job["status"] == "succeeded"
     assert runs_of(api, schedule["id"])[0]["status"] == "succeeded"
+
+
+def test_a_rerun_of_an_unchanged_batch_copies_its_pictures_unless_told_not_to(
+    api: httpx.Client, simulator: httpx.Client
+) -> None:
+    batch_id = small_batch(api, count=3, reuse=True)
+    paid = simulator.get("/admin/stats").json()["calls"]
+    assert paid == 1  # three items of one picture: made once
+
+    again = create(api, {"type": "rerun_batch", "batch_id": batch_id})
+    fresh = create(api, {"type": "rerun_batch", "batch_id": batch_id, "reuse": False})
+    [copied] = api.post(f"/v1/schedules/{again['id']}/run").json()["batches"]
+    copied_batch = wait_batch(api, str(copied["id"]), "completed")
+    assert (copied_batch["reused"], copied_batch["credits_used"]) == (3, 0)
+    assert copied_batch["credits_saved"] == 0.111
+    assert simulator.get("/admin/stats").json()["calls"] == paid
+
+    [bought] = api.post(f"/v1/schedules/{fresh['id']}/run").json()["batches"]
+    bought_batch = wait_batch(api, str(bought["id"]), "completed")
+    assert bought_batch["reuse"] is False and bought_batch["reused"] == 0
+    assert simulator.get("/admin/stats").json()["calls"] == paid + 3
 
 
 def test_reprocessing_a_prefix_sends_only_new_or_changed_objects(
