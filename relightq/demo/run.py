@@ -12,6 +12,7 @@ import csv
 import os
 import time
 from contextlib import ExitStack
+from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
@@ -159,6 +160,16 @@ def _relight_catalog(out_dir: Path, console: Console, stack: ExitStack) -> int:
         table.add_row(row["external_id"], row["status"], result)
     console.print(table)
     succeeded = sum(row["status"] == "succeeded" for row in rows)
+    from relightq.credits.amounts import as_text
+
+    reused = [row for row in rows if row["reused_from"]]
+    if reused:
+        # A second demo run finds the first one's pictures: copied, not bought again.
+        saved = sum((row["credits_saved"] for row in reused), Decimal(0))
+        console.print(
+            f"{len(reused)} of them were already made by an earlier run: copied, not bought "
+            f"again ({as_text(saved)} credits saved)."
+        )
     console.print(
         f"[bold]{succeeded}/{len(rows)} relit in {elapsed:.1f} s.[/bold] "
         f"Results: {results_dir}/, manifest: {out_dir / 'results.csv'} (bucket: "
