@@ -11,7 +11,7 @@ from typing import IO, Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
@@ -24,6 +24,7 @@ from relightq.batches import service
 from relightq.batches.schemas import (
     ALLOWED,
     BatchCreate,
+    BatchEstimate,
     BatchOut,
     BatchPage,
     BatchSettings,
@@ -64,7 +65,9 @@ _MULTIPART_SCHEMA: dict[str, Any] = {
         "key_template": {"type": "string"},
         "credit_budget": {"type": "number"},
         "skip_invalid": {"type": "boolean"},
+        "reuse": {"type": "boolean"},
         "callback_url": {"type": "string"},
+        "dry_run": {"type": "boolean", "description": ALLOWED["dry_run"]},
     },
 }
 _REQUEST_BODY = {
@@ -78,6 +81,15 @@ _REQUEST_BODY = {
     "parameters": [IDEMPOTENCY_PARAMETER],
 }
 _JSON_FIELDS = ("defaults", "metadata")
+# A boolean read as pydantic reads one (true/false, 1/0, yes/no, on/off), JSON or form text.
+_BOOLEAN = TypeAdapter(bool)
+_ESTIMATED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": BatchEstimate,
+        "description": "With dry_run: what the batch would cost and take; nothing was stored "
+        "and the Idempotency-Key, if any, is not used",
+    }
+}
 
 
 class ManifestFormat(StrEnum):
@@ -107,6 +119,27 @@ def _file_format(upload: UploadFile, given: str | None) -> str:
     raise InvalidInput(
         [FieldProblem("format", "cannot tell from the file name; give csv or jsonl")]
     )
+
+
+def _asks_dry_run(value: Any) -> bool:
+    """Whether a JSON body's ``dry_run`` says true; a value that is no boolean is answered
+    by the body's validation (a 422 naming dry_run with every other bad field)."""
+    try:
+        return _BOOLEAN.validate_python(value)
+    except ValidationError:
+        return False
+
+
+def _form_dry_run(fields: dict[str, Any]) -> bool:
+    """The multipart ``dry_run`` field, taken out of the batch fields; known before the
+    Idempotency-Key is claimed, since a dry run claims none."""
+    value = fields.pop("dry_run", False)
+    try:
+        return _BOOLEAN.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidInput(
+            [FieldProblem("dry_run", "must be true or false", ALLOWED["dry_run"])]
+        ) from exc
 
 
 def _form_settings(fields: dict[str, Any]) -> BatchSettings:
@@ -145,6 +178,19 @@ def _store(
     return view
 
 
+def _estimate(
+    db: Session,
+    tenant: Tenant,
+    spec: BatchSettings,
+    source: str,
+    items: Iterator[RawItem],
+    storage: Storage,
+) -> BatchEstimate:
+    """Validate as ``_store`` does, in one worker thread, and estimate; nothing is written,
+    so the commit that follows has nothing to commit."""
+    return service.estimate_batch(db, tenant.id, spec, source, items, storage, get_settings())
+
+
 def _file_digest(upload: UploadFile) -> str:
     """SHA-256 of a spooled upload, read in chunks, rewound for the parser."""
     digest = hashlib.sha256()
@@ -156,33 +202,37 @@ def _file_digest(upload: UploadFile) -> str:
 
 async def _from_json(
     request: Request, db: Session, tenant: Tenant, storage: Storage, idempotency: Idempotency
-) -> BatchOut | JSONResponse:
+) -> BatchOut | BatchEstimate | JSONResponse:
     limit = get_settings().max_request_bytes
     too_large = (
         f"a JSON batch may be at most {limit} bytes; send big catalogs as a CSV or "
         "JSONL file (multipart field 'file') or an s3:// source"
     )
     body = await read_json_object(request, limit, too_large)
-    replay = await idempotency.replay_or_claim(body)
-    if replay is not None:
-        return replay
+    if not _asks_dry_run(body.get("dry_run", False)):
+        replay = await idempotency.replay_or_claim(body)
+        if replay is not None:
+            return replay
     try:
         create = BatchCreate.model_validate(body)
     except ValidationError as exc:
         raise _invalid(exc) from exc
-    spec = BatchSettings.model_validate(create.model_dump(exclude={"items", "source"}))
+    spec = BatchSettings.model_validate(create.model_dump(exclude={"items", "source", "dry_run"}))
     source, items = service.source_items(db, tenant.id, create, storage)
+    if create.dry_run:
+        return await run_in_threadpool(_estimate, db, tenant, spec, source, items, storage)
     return await run_in_threadpool(_store, db, tenant, spec, source, items, storage, idempotency)
 
 
 async def _from_multipart(
     request: Request, db: Session, tenant: Tenant, storage: Storage, idempotency: Idempotency
-) -> BatchOut | JSONResponse:
+) -> BatchOut | BatchEstimate | JSONResponse:
     form, fields = await read_form(request, max_fields=32)
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise InvalidInput([FieldProblem("file", "must be an uploaded file", ALLOWED["file"])])
-    if idempotency.key is not None:
+    dry_run = _form_dry_run(fields)
+    if idempotency.key is not None and not dry_run:
         digest = await run_in_threadpool(_file_digest, upload)
         request_form = {**fields, "file": [upload.filename, digest]}
         replay = await idempotency.replay_or_claim(request_form)
@@ -192,6 +242,8 @@ async def _from_multipart(
     spec = _form_settings(fields)
     binary: IO[bytes] = upload.file
     items = csv_items(binary) if file_format == "csv" else jsonl_items(binary)
+    if dry_run:
+        return await run_in_threadpool(_estimate, db, tenant, spec, file_format, items, storage)
     return await run_in_threadpool(
         _store, db, tenant, spec, file_format, items, storage, idempotency
     )
@@ -202,14 +254,16 @@ async def _from_multipart(
     status_code=202,
     response_model=BatchOut,
     openapi_extra=_REQUEST_BODY,
-    responses=authenticated(
+    responses=_ESTIMATED
+    | authenticated(
         MalformedRequest,
         PayloadTooLarge,
         TooManyItems,
         UnsupportedMediaType,
         IdempotencyKeyReused,
     ),
-    summary="Submit a batch: JSON items or an s3:// source, or a CSV/JSONL file (multipart)",
+    summary="Submit a batch (or estimate it with dry_run): JSON items or an s3:// source, "
+    "or a CSV/JSONL file (multipart)",
 )
 async def create_batch(
     request: Request,
@@ -223,6 +277,13 @@ async def create_batch(
     """Every row is validated; a bad row rejects the whole batch unless skip_invalid.
 
     With an ``Idempotency-Key`` header, a retry of the same request gets the first answer.
+
+    With ``dry_run`` (a JSON field, or a multipart form field like the other options)
+    the batch is validated exactly the same way (the same 4xx for bad input) but nothing
+    is stored or sent: the answer is a 200 BatchEstimate with the valid items, the rows
+    skip_invalid would skip, how many items would reuse a picture already made, the calls
+    and credits the rest would cost, and the time they take at the fleet's per-minute
+    cap. The reuse count is a prediction; each item checks again when it runs.
     """
     if kind == BodyKind.JSON:
         view = await _from_json(request, db, tenant, storage, idempotency)
@@ -230,6 +291,8 @@ async def create_batch(
         view = await _from_multipart(request, db, tenant, storage, idempotency)
     if isinstance(view, JSONResponse):
         return view  # the first answer to this Idempotency-Key
+    if isinstance(view, BatchEstimate):
+        return JSONResponse(view.model_dump(mode="json"))  # 200: nothing was created
     response.headers["Location"] = f"/v1/batches/{view.id}"
     return view
 

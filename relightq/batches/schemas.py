@@ -46,6 +46,7 @@ ALLOWED: dict[str, str] = {
     "file": "a CSV (with a header row) or JSONL file of items",
     "format": "csv or jsonl",
     "columns": "subject_image, external_id, metadata, metadata.<key> and the job fields",
+    "dry_run": "true to check the batch and answer what it would cost, storing nothing",
 }
 
 
@@ -109,6 +110,8 @@ class BatchCreate(BatchSettings):
 
     items: list[Any] | None = None
     source: str | None = Field(default=None, max_length=2048)
+    # Validate everything and answer a BatchEstimate; nothing is stored.
+    dry_run: bool = False
 
     @field_validator("source")
     @classmethod
@@ -191,6 +194,32 @@ class BatchOut(BaseModel):
     cancelled_at: datetime | None
     results_url: str
     errors_url: str
+
+
+ESTIMATE_NOTE = (
+    "would_reuse is a prediction from the pictures already made for you and the subjects' "
+    "validators (ETags) now; each item checks again when it runs, so the credits it costs "
+    "may differ."
+)
+
+
+class BatchEstimate(BaseModel):
+    """What a batch would be and cost (``dry_run``): nothing was stored or sent."""
+
+    dry_run: bool = True
+    items: int = Field(description="valid items: the jobs the batch would run")
+    rejected: int = Field(description="invalid rows skip_invalid would skip")
+    would_reuse: int = Field(
+        description="items predicted to copy a picture already made for you (0 credits)"
+    )
+    calls: int = Field(description="items predicted to call Segmind: items - would_reuse")
+    credits: Credits = Field(description="what the calls would cost: images x price per image")
+    credits_saved: Credits = Field(description="what the reused items would have cost")
+    max_calls_per_minute: int = Field(description="the fleet's per-minute cap on calls")
+    estimated_seconds: float = Field(
+        description="calls / max_calls_per_minute x 60: the least time the calls take at the cap"
+    )
+    note: str = ESTIMATE_NOTE
 
 
 class BatchPage(BaseModel):

@@ -2,7 +2,9 @@
 
 A batch is validated and stored in one transaction: items are inserted in chunks as
 they are read, and if any row is bad (without ``skip_invalid``) the caller rolls the
-whole transaction back, so nothing of a rejected batch is ever stored.
+whole transaction back, so nothing of a rejected batch is ever stored. A dry run
+(:func:`estimate_batch`) validates the very same way but inserts nothing: its valid items
+are only collected, to estimate what they would cost.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from sqlalchemy import Table, case, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from relightq.batches.dispatch import (
-    BUDGET_SPENT,
     budget_spent,
     mark_completed,
     release,
@@ -37,6 +38,7 @@ from relightq.batches.schemas import (
     DEFAULT_KEY_TEMPLATE,
     BatchCounts,
     BatchCreate,
+    BatchEstimate,
     BatchOut,
     BatchSettings,
     BatchStatus,
@@ -44,6 +46,8 @@ from relightq.batches.schemas import (
 )
 from relightq.batches.sources import RawItem, json_items, prefix_items
 from relightq.credits.amounts import ZERO, as_text
+from relightq.credits.budgets import BUDGET_SPENT
+from relightq.credits.estimate import PlannedItem, estimate
 from relightq.db import utcnow
 from relightq.errors import (
     UNSTORABLE,
@@ -73,12 +77,14 @@ PACE_WINDOW = timedelta(minutes=5)
 
 @dataclass
 class _Ingest:
-    """Running state of one batch's validation and insertion."""
+    """Running state of one batch's validation and insertion (or, in a dry run, of its
+    validation and the collecting of its valid items)."""
 
     batch: Batch
     settings: Settings
     output_prefix: str | None
     key_template: str | None
+    dry_run: bool = False
     rows: int = 0
     valid: int = 0
     bad_rows: int = 0
@@ -87,6 +93,7 @@ class _Ingest:
     rejects: list[dict[str, Any]] = field(default_factory=list)
     keys: dict[str, int] = field(default_factory=dict)
     batch_keeps_rejects: bool = False
+    planned: list[PlannedItem] = field(default_factory=list)  # a dry run's valid items
 
 
 def _settings_problems(
@@ -137,6 +144,53 @@ def create_batch(
     settings: Settings,
 ) -> Batch:
     """Validate and store every item, or raise and leave the transaction to be rolled back."""
+    state = _ingest(session, tenant_id, spec, source, items, storage, settings, dry_run=False)
+    batch = state.batch
+    batch.total = state.valid
+    batch.rejected = state.bad_rows
+    session.flush()
+    release(session, batch.id)
+    return batch
+
+
+def estimate_batch(
+    session: Session,
+    tenant_id: uuid.UUID,
+    spec: BatchSettings,
+    source: str,
+    items: Iterable[RawItem],
+    storage: Storage,
+    settings: Settings,
+) -> BatchEstimate:
+    """Validate every item exactly as :func:`create_batch` does (raising the same errors)
+    and answer what the batch would cost; nothing is stored and nothing is sent."""
+    state = _ingest(session, tenant_id, spec, source, items, storage, settings, dry_run=True)
+    found = estimate(session, tenant_id, state.planned, storage, settings)
+    return BatchEstimate(
+        items=found.items,
+        rejected=state.bad_rows,
+        would_reuse=found.would_reuse,
+        calls=found.calls,
+        credits=found.credits,
+        credits_saved=found.credits_saved,
+        max_calls_per_minute=found.max_calls_per_minute,
+        estimated_seconds=round(found.estimated_seconds, 1),
+    )
+
+
+def _ingest(
+    session: Session,
+    tenant_id: uuid.UUID,
+    spec: BatchSettings,
+    source: str,
+    items: Iterable[RawItem],
+    storage: Storage,
+    settings: Settings,
+    *,
+    dry_run: bool,
+) -> _Ingest:
+    """Validate every item and insert the valid ones (a dry run collects them instead);
+    raise when the batch is rejected."""
     problems = _settings_problems(session, tenant_id, spec, storage)
     if problems:
         raise InvalidInput(problems)
@@ -153,8 +207,9 @@ def create_batch(
         reuse=spec.reuse,
         callback_url=spec.callback_url,
     )
-    session.add(batch)
-    session.flush()
+    if not dry_run:
+        session.add(batch)
+        session.flush()  # the items' foreign key needs the row
     output_prefix = spec.output_prefix
     key_template = spec.key_template
     if output_prefix or key_template:
@@ -162,8 +217,9 @@ def create_batch(
             f"s3://{storage.bucket}/outputs/{tenant_id}/batches/{batch.id}/"
         )
         key_template = key_template or DEFAULT_KEY_TEMPLATE
-    state = _Ingest(batch, settings, output_prefix, key_template)
-    state.batch_keeps_rejects = spec.skip_invalid
+    state = _Ingest(batch, settings, output_prefix, key_template, dry_run=dry_run)
+    # A dry run keeps no rejects: they are only counted.
+    state.batch_keeps_rejects = spec.skip_invalid and not dry_run
     try:
         for item in items:
             state.rows += 1
@@ -182,11 +238,7 @@ def create_batch(
         what = "no valid items" if state.rows else "no items"
         raise InvalidInput([FieldProblem("items", f"the batch has {what}", ALLOWED["items"])])
     _flush(session, state)
-    batch.total = state.valid
-    batch.rejected = state.bad_rows
-    session.flush()
-    release(session, batch.id)
-    return batch
+    return state
 
 
 def _take(
@@ -286,6 +338,12 @@ def _text(value: Any) -> str | None:
 
 
 def _flush(session: Session, state: _Ingest) -> None:
+    if state.dry_run:
+        state.planned += [
+            PlannedItem(job["subject_image"], job["params"], job["reuse"]) for job in state.jobs
+        ]
+        state.jobs.clear()
+        return
     if state.jobs:
         session.execute(insert(cast(Table, Job.__table__)), state.jobs)
         state.jobs.clear()
