@@ -17,10 +17,10 @@ from typing import IO, Annotated, Any, NoReturn
 import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-from rich.table import Column
+from rich.table import Column, Table
 from rich.text import Text
 
-from relightq.batches.schemas import BatchOut, BatchStatus
+from relightq.batches.schemas import BatchEstimate, BatchOut, BatchStatus
 from relightq.cli.common import (
     DEFAULT_API_URL,
     GAVE_UP,
@@ -39,6 +39,7 @@ from relightq.cli.render import (
     console,
     count_of,
     done_count,
+    duration,
     err_console,
     fail,
     progress_details,
@@ -53,6 +54,7 @@ from relightq.client import (
     RetryPolicy,
 )
 from relightq.client.retry import is_transient
+from relightq.credits.amounts import as_text
 
 __all__ = ["GAVE_UP", "batch_app"]
 
@@ -238,6 +240,58 @@ def _json_batch(path: Path, settings: dict[str, Any]) -> dict[str, Any]:
     return body | settings | {"defaults": file_defaults | settings["defaults"]}
 
 
+def _submit(
+    client: RelightqClient, source: str, file_format: FileFormat | None, settings: dict[str, Any]
+) -> BatchOut:
+    """Send SOURCE as a batch: a prefix or a .json file as a JSON body, else an upload."""
+    path = Path(source)
+    if source.startswith("s3://"):
+        return client.create_batch(source=source, **settings)
+    if path.suffix.lower() == ".json" and file_format is None:
+        return client.create_batch(**_json_batch(path, settings))
+    # Streamed from disk as it is sent: never whole in memory.
+    fmt = _wire_format(file_format) if file_format else None
+    return client.upload_batch(path, format=fmt, **settings)
+
+
+def _estimate(
+    client: RelightqClient, source: str, file_format: FileFormat | None, settings: dict[str, Any]
+) -> BatchEstimate:
+    """Send SOURCE as ``_submit`` would, as a dry run: checked and estimated, not stored."""
+    path = Path(source)
+    if source.startswith("s3://"):
+        return client.create_batch(source=source, dry_run=True, **settings)
+    if path.suffix.lower() == ".json" and file_format is None:
+        return client.create_batch(dry_run=True, **_json_batch(path, settings))
+    fmt = _wire_format(file_format) if file_format else None
+    return client.upload_batch(path, format=fmt, dry_run=True, **settings)
+
+
+def show_estimate(estimate: BatchEstimate) -> None:
+    """A dry run's answer: what the batch would be, cost and take."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    rejected = (
+        f" ([yellow]{count_of(estimate.rejected, 'invalid row')}[/] would be skipped)"
+        if estimate.rejected
+        else ""
+    )
+    grid.add_row("items", f"{estimate.items}{rejected}")
+    saved = f", saving {as_text(estimate.credits_saved)} credits" if estimate.would_reuse else ""
+    grid.add_row("reuse", f"{count_of(estimate.would_reuse, 'item')} predicted{saved}")
+    grid.add_row("calls", str(estimate.calls))
+    grid.add_row("credits", f"{as_text(estimate.credits)} credits")
+    grid.add_row(
+        "time",
+        f"at least {duration(estimate.estimated_seconds)} "
+        f"at {estimate.max_calls_per_minute} calls/min",
+    )
+    say("[bold]Dry run[/]: nothing was submitted.")
+    console.print(grid)
+    say(f"[dim]{estimate.note}[/]")
+
+
 # What --watch does, for both commands that take it (their help ends with it).
 WATCH_HELP = """
 
@@ -303,6 +357,14 @@ def submit(
         FileFormat | None,
         typer.Option("--format", help="The file's format if its name does not end in .csv/.jsonl."),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check every row as a submit would and show what the batch would cost "
+            "(items, predicted reuse, credits, time at the fleet's cap); submit nothing.",
+        ),
+    ] = False,
     watch: Watch = False,
     interval: Interval = 1.0,
     give_up_after: GiveUpAfter = GIVE_UP_AFTER,
@@ -313,7 +375,8 @@ def submit(
     """Submit a CSV/JSONL/JSON file or an s3:// prefix as a batch.
 
     Every row is checked first: one bad row rejects the whole batch (nothing is stored)
-    unless --skip-invalid.
+    unless --skip-invalid. With --dry-run, only checked and estimated: exit 0, nothing
+    submitted.
 
     """
     settings: dict[str, Any] = {"defaults": job_fields_from(prompt, set_ or [])}
@@ -326,22 +389,16 @@ def submit(
     settings |= {key: value for key, value in optional.items() if value is not None}
     if skip_invalid:
         settings["skip_invalid"] = True
-    path = Path(source)
-    is_prefix = source.startswith("s3://")
-    if not is_prefix and not path.is_file():
+    if not source.startswith("s3://") and not Path(source).is_file():
         raise typer.BadParameter(
             f"{source} is not a file (give a CSV/JSONL/JSON file or an s3://bucket/prefix/)",
             param_hint="'SOURCE'",
         )
     with api_client(api_url, api_key) as client:
-        if is_prefix:
-            batch = client.create_batch(source=source, **settings)
-        elif path.suffix.lower() == ".json" and file_format is None:
-            batch = client.create_batch(**_json_batch(path, settings))
-        else:
-            # Streamed from disk as it is sent: never whole in memory.
-            fmt = _wire_format(file_format) if file_format else None
-            batch = client.upload_batch(path, format=fmt, **settings)
+        if dry_run:
+            show_estimate(_estimate(client, source, file_format, settings))
+            return
+        batch = _submit(client, source, file_format, settings)
         skipped = f", {count_of(batch.rejected, 'invalid row')} skipped" if batch.rejected else ""
         say(f"Submitted batch [bold]{batch.id}[/]: {count_of(batch.total, 'item')}{skipped}.")
         if not watch:

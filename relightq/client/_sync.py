@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 from tenacity import Retrying
 
-from relightq.batches.schemas import BatchOut, BatchPage
+from relightq.batches.schemas import BatchEstimate, BatchOut, BatchPage
 from relightq.client import calls
 from relightq.client.calls import (
     DEFAULT_TIMEOUT,
@@ -243,22 +243,74 @@ class RelightqClient:
 
     # Batches -----------------------------------------------------------------------------
 
+    @overload
     def create_batch(
         self,
         *,
         items: Sequence[Mapping[str, Any]] | None = None,
         source: str | None = None,
         idempotency_key: str | None = None,
+        dry_run: Literal[False] = False,
         **settings: Any,
-    ) -> BatchOut:
+    ) -> BatchOut: ...
+
+    @overload
+    def create_batch(
+        self,
+        *,
+        items: Sequence[Mapping[str, Any]] | None = None,
+        source: str | None = None,
+        idempotency_key: str | None = None,
+        dry_run: Literal[True],
+        **settings: Any,
+    ) -> BatchEstimate: ...
+
+    def create_batch(
+        self,
+        *,
+        items: Sequence[Mapping[str, Any]] | None = None,
+        source: str | None = None,
+        idempotency_key: str | None = None,
+        dry_run: bool = False,
+        **settings: Any,
+    ) -> BatchOut | BatchEstimate:
         """Submit a batch as JSON: ``items`` (each like a job) or an s3:// ``source``
         prefix whose images become the items.
 
         ``settings`` are the batch fields: ``defaults`` (job fields for every item),
-        ``name``, ``output_prefix``, ``key_template``, ``credit_budget``,
+        ``name``, ``output_prefix``, ``key_template``, ``credit_budget``, ``reuse``,
         ``skip_invalid``, ``metadata``, ``callback_url``.
+
+        With ``dry_run=True`` the batch is checked the same way but nothing is stored:
+        the answer is a :class:`BatchEstimate` (items, predicted reuse, credits, time).
         """
+        if dry_run:
+            return self._run(calls.estimate_batch(items, source, settings))
         return self._run(calls.create_batch(items, source, settings, idempotency_key))
+
+    @overload
+    def upload_batch(
+        self,
+        file: FileSource,
+        *,
+        format: ManifestFormat | None = None,
+        filename: str | None = None,
+        idempotency_key: str | None = None,
+        dry_run: Literal[False] = False,
+        **settings: Any,
+    ) -> BatchOut: ...
+
+    @overload
+    def upload_batch(
+        self,
+        file: FileSource,
+        *,
+        format: ManifestFormat | None = None,
+        filename: str | None = None,
+        idempotency_key: str | None = None,
+        dry_run: Literal[True],
+        **settings: Any,
+    ) -> BatchEstimate: ...
 
     def upload_batch(
         self,
@@ -267,13 +319,16 @@ class RelightqClient:
         format: ManifestFormat | None = None,
         filename: str | None = None,
         idempotency_key: str | None = None,
+        dry_run: bool = False,
         **settings: Any,
-    ) -> BatchOut:
+    ) -> BatchOut | BatchEstimate:
         """Submit a CSV or JSONL catalog (bytes, an open binary file or a path), streamed.
 
         ``format`` is needed only when the file name does not end in .csv or .jsonl;
-        ``settings`` as for :meth:`create_batch`.
+        ``settings`` and ``dry_run`` as for :meth:`create_batch`.
         """
+        if dry_run:
+            return self._run(calls.estimate_upload(file, format, settings, filename))
         return self._run(calls.upload_batch(file, format, settings, filename, idempotency_key))
 
     def get_batch(self, batch_id: Id) -> BatchOut:

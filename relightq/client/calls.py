@@ -18,7 +18,7 @@ from typing import IO, Any, Generic, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from relightq.batches.schemas import BatchOut, BatchPage
+from relightq.batches.schemas import BatchEstimate, BatchOut, BatchPage
 from relightq.jobs.schemas import JobOut, JobPage
 from relightq.schedules.schemas import RunOut, RunPage, ScheduleOut
 from relightq.throttle.schemas import ThrottleOut
@@ -249,6 +249,14 @@ def retry_job(job_id: Id) -> Call[JobOut]:
 # Batches -------------------------------------------------------------------------------------
 
 
+def _batch_body(
+    items: Sequence[Mapping[str, Any]] | None, source: str | None, settings: Mapping[str, Any]
+) -> dict[str, Any]:
+    return _drop_none(settings) | _drop_none(
+        {"items": None if items is None else list(items), "source": source}
+    )
+
+
 def create_batch(
     items: Sequence[Mapping[str, Any]] | None,
     source: str | None,
@@ -256,15 +264,26 @@ def create_batch(
     idempotency_key: str | None,
 ) -> Call[BatchOut]:
     """POST /v1/batches with a JSON body: inline ``items`` or an s3:// ``source``."""
-    body = _drop_none(settings) | _drop_none(
-        {"items": None if items is None else list(items), "source": source}
-    )
     return Call(
         "POST",
         "/v1/batches",
         model(BatchOut),
-        json=body,
+        json=_batch_body(items, source, settings),
         headers=_headers(idempotency_key),
+        timeout=SUBMIT_TIMEOUT,
+    )
+
+
+def estimate_batch(
+    items: Sequence[Mapping[str, Any]] | None, source: str | None, settings: Mapping[str, Any]
+) -> Call[BatchEstimate]:
+    """POST /v1/batches with ``dry_run``: checked like a submit, estimated, nothing stored
+    (so no Idempotency-Key: there is nothing to create twice)."""
+    return Call(
+        "POST",
+        "/v1/batches",
+        model(BatchEstimate),
+        json=_batch_body(items, source, settings) | {"dry_run": True},
         timeout=SUBMIT_TIMEOUT,
     )
 
@@ -284,6 +303,20 @@ def upload_batch(
         data=_form({**settings, "format": file_format}),
         upload=Upload("file", file, filename),
         headers=_headers(idempotency_key),
+        timeout=SUBMIT_TIMEOUT,
+    )
+
+
+def estimate_upload(
+    file: FileSource, file_format: str | None, settings: Mapping[str, Any], filename: str | None
+) -> Call[BatchEstimate]:
+    """POST /v1/batches as multipart with the form field ``dry_run``: nothing stored."""
+    return Call(
+        "POST",
+        "/v1/batches",
+        model(BatchEstimate),
+        data=_form({**settings, "format": file_format, "dry_run": True}),
+        upload=Upload("file", file, filename),
         timeout=SUBMIT_TIMEOUT,
     )
 
