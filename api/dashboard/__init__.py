@@ -25,6 +25,7 @@ from api.batches import ManifestFormat, manifest_response
 from api.deps import CurrentStorage, DbSession
 from relightq.batches import service as batches
 from relightq.batches.schemas import BatchOut, BatchStatus
+from relightq.credits.amounts import as_text
 from relightq.errors import NotFound
 from relightq.jobs import service as jobs
 from relightq.jobs.models import JobStatus
@@ -88,6 +89,8 @@ def batch_state(view: BatchOut) -> tuple[str, str]:
 templates.env.filters["duration"] = _duration
 templates.env.filters["utc"] = _utc
 templates.env.filters["batch_state"] = batch_state
+# Credits are exact decimals: shown as they are (0.333, 12), never rounded to places.
+templates.env.filters["credits"] = as_text
 
 
 def logged_in(request: Request, db: DbSession) -> LoggedIn:
@@ -209,7 +212,7 @@ def progress(user: User, db: DbSession, ids: str = "", known: int | None = None)
             "failed": view.counts.failed,
             "waiting": view.counts.waiting,
             "queued": view.counts.queued + view.counts.running,
-            "credits": f"{view.credits_used:.2f}",
+            "credits": as_text(view.credits_used),
             "eta": _duration(view.eta_seconds),
         }
     return answer

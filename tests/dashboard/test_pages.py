@@ -6,6 +6,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -154,11 +155,12 @@ def test_the_fleet_page_says_when_segmind_last_reported_the_credits(
 ) -> None:
     # The simulator fixture lets earlier tests' requests end first: one collected now
     # would record the simulator's balance over this one.
-    get_fleet().record_credits(42.5)
+    get_fleet().record_credits(Decimal("42.5"))
     with logged_in(services, tenant.key) as client:
         page = client.get("/dashboard/throttle").text
-    # During a pause the balance may be a probe interval old: the page says how old.
-    assert re.search(r"42\.500 <span[^>]*>as Segmind last reported it, \d{4}-\d\d-\d\d ", page)
+    # During a pause the balance may be a probe interval old: the page says how old. The
+    # amount is exact: no places added or rounded away.
+    assert re.search(r">42\.5 <span[^>]*>as Segmind last reported it, \d{4}-\d\d-\d\d ", page)
 
 
 def batch_of(api: httpx.Client, good: int, bad: int) -> str:
