@@ -213,6 +213,10 @@ def progress(user: User, db: DbSession, ids: str = "", known: int | None = None)
             "waiting": view.counts.waiting,
             "queued": view.counts.queued + view.counts.running,
             "credits": as_text(view.credits_used),
+            "credits_saved": as_text(view.credits_saved),
+            "reused": view.reused,
+            # A budget spent or a monthly cap reached while the page is open says so too.
+            "waiting_reason": view.waiting_reason or "",
             "eta": _duration(view.eta_seconds),
         }
     return answer

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -16,9 +17,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy import update
 
+from relightq.batches.models import Batch
+from relightq.db import session_scope
 from tests.batches.helpers import wait_batch
 from tests.conftest import Services, TenantKey
+from tests.dashboard.rows import batch_row
 from tests.jobs.test_end_to_end import shop_image, wait_for
 from tests.support.browser import ARTIFACTS, start_chrome
 from tests.support.receiver import Receiver
@@ -204,6 +209,32 @@ def test_a_batch_page_shows_before_and_after_and_retries_its_failures(
     press(browser, "retry-failed")
     done = wait_batch(api, failing, "completed")
     assert done["counts"]["succeeded"] == 2
+
+
+def test_a_batch_page_follows_credits_saved_and_a_spent_budget_without_a_reload(
+    browser: WebDriver, services: Services, tenant: TenantKey
+) -> None:
+    # Two items, one done: the batch runs until its budget of 0.074 is spent.
+    batch_id = batch_row(tenant, 1, total=2, completed_at=None, credit_budget=Decimal("0.074"))
+    log_in(browser, services, tenant.key)
+    browser.get(f"{services.api}/dashboard/batches/{batch_id}")
+    card = browser.find_element(By.CSS_SELECTOR, f'[data-batch="{batch_id}"]')
+
+    def shown(field: str) -> str:
+        return card.find_element(By.CSS_SELECTOR, f'[data-field="{field}"]').text
+
+    assert (shown("status"), shown("credits"), shown("credits_saved")) == ("running", "0", "0")
+    # What workers write as one item is copied and another paid for, exact to the credit.
+    with session_scope() as session:
+        session.execute(
+            update(Batch)
+            .where(Batch.id == batch_id)
+            .values(credits_used=Decimal("0.074"), reused=1, credits_saved=Decimal("0.037"))
+        )
+    wait_until(lambda: shown("credits_saved") == "0.037", timeout=10)
+    assert (shown("credits"), shown("reused")) == ("0.074", "1")
+    assert (shown("status"), shown("waiting_reason")) == ("waiting", "— batch credit budget spent")
+    screenshot(browser, "batch-credits")
 
 
 def test_a_job_page_shows_attempts_errors_deliveries_and_a_retry_button(
