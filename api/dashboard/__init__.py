@@ -28,7 +28,7 @@ from relightq.batches.schemas import BatchOut, BatchStatus
 from relightq.credits.amounts import as_text
 from relightq.errors import NotFound
 from relightq.jobs import service as jobs
-from relightq.jobs.models import JobStatus
+from relightq.jobs.models import JobStatus, UpstreamState
 from relightq.logs import note
 from relightq.settings import get_settings
 from relightq.storage import Storage
@@ -358,9 +358,24 @@ def job_retry(
 
 
 @router.get("/throttle", response_class=HTMLResponse)
-def throttle_page(request: Request, user: User) -> HTMLResponse:
+def throttle_page(request: Request, user: User, db: DbSession) -> HTMLResponse:
+    # The fleet's state as GET /v1/throttle shows it; the low-balance warning lives with
+    # the reported balance in PostgreSQL (relightq.credits.balance), not in the fleet.
     state = throttle_view(get_fleet().state(), get_settings())
-    return _page(request, "throttle.html", user, state=state, section="throttle")
+    upstream = db.get(UpstreamState, 1)
+    low_since = upstream.credits_low_since if upstream is not None else None
+    # With the threshold unset nothing clears the mark, so only a threshold in force warns.
+    warn_below = state.limits.credit_warn_below
+    low_balance = low_since if warn_below is not None else None
+    return _page(
+        request,
+        "throttle.html",
+        user,
+        state=state,
+        low_balance_since=low_balance,
+        warn_below=warn_below,
+        section="throttle",
+    )
 
 
 @router.post("/throttle/{action}")

@@ -323,3 +323,18 @@ def test_a_tenant_sees_only_its_own_data(
     assert browser.find_elements(By.ID, "pause") == []
     browser.get(f"{services.api}/dashboard/throttle")
     assert "Only operators" in browser.page_source
+
+
+@pytest.mark.usefixtures("low_balance")
+def test_the_fleet_page_shows_a_low_balance_in_red(
+    browser: WebDriver, services: Services, tenant: TenantKey
+) -> None:
+    log_in(browser, services, tenant.key)
+    browser.get(f"{services.api}/dashboard/throttle")
+
+    warning = browser.find_element(By.ID, "low-balance")
+    assert warning.is_displayed()
+    assert "fell below 10 (RELIGHTQ_CREDIT_WARN_BELOW)" in warning.text
+    assert warning.value_of_css_property("border-left-color") == "rgba(179, 38, 30, 1)"  # --bad
+    assert browser.find_element(By.ID, "credits").text.startswith("9.963 ")
+    screenshot(browser, "fleet-low-balance")

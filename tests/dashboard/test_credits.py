@@ -1,4 +1,5 @@
-"""Credits on the dashboard: exact amounts, and pictures reused instead of bought.
+"""Credits on the dashboard: exact amounts, pictures reused instead of bought, and the
+low-balance warning.
 
 Jobs and batches are written straight into PostgreSQL (tests.dashboard.rows); the pages
 are read over plain HTTP.
@@ -10,9 +11,12 @@ import re
 import uuid
 from decimal import Decimal
 
+import pytest
+
 from relightq.jobs.models import JobStatus
+from relightq.settings import get_settings
 from tests.conftest import Services, TenantKey
-from tests.dashboard.rows import batch_row, job_row
+from tests.dashboard.rows import batch_row, job_row, set_upstream
 from tests.dashboard.test_pages import logged_in
 
 
@@ -95,3 +99,35 @@ def test_a_waiting_jobs_cap_reason_is_shown(services: Services, tenant: TenantKe
         page = client.get(f"/dashboard/jobs/{job_id}").text
 
     assert f'id="job-status">waiting</span> — {reason}' in page
+
+
+@pytest.mark.usefixtures("low_balance")
+def test_the_fleet_page_warns_of_a_low_balance_with_the_threshold(
+    services: Services, tenant: TenantKey
+) -> None:
+    with logged_in(services, tenant.key) as client:
+        low = client.get("/dashboard/throttle").text
+        set_upstream(credits_low_since=None)  # a top-up reported
+        topped_up = client.get("/dashboard/throttle").text
+
+    assert re.search(r'<dd id="credits">9\.963 <span', low)
+    warning = re.search(r'<div class="card warning" id="low-balance"[^>]*>(.*?)</div>', low, re.S)
+    assert warning, low
+    assert re.search(
+        r"Low balance:</b> Segmind's credits fell below 10 \(<code>RELIGHTQ_CREDIT_WARN_BELOW"
+        r"</code>\) at \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC",
+        warning[1],
+    )
+    assert 'id="low-balance"' not in topped_up
+
+
+@pytest.mark.usefixtures("low_balance")
+def test_no_warning_while_the_threshold_is_unset(
+    services: Services, tenant: TenantKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Unset, nothing clears the mark a past crossing left: it would warn forever.
+    monkeypatch.setattr(get_settings(), "credit_warn_below", None)
+    with logged_in(services, tenant.key) as client:
+        page = client.get("/dashboard/throttle").text
+
+    assert 'id="low-balance"' not in page and re.search(r'<dd id="credits">9\.963 <span', page)
