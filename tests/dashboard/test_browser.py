@@ -171,7 +171,9 @@ def test_a_batch_page_offers_retry_as_soon_as_an_item_fails(
     simulator: httpx.Client,
 ) -> None:
     simulator.post("/admin/config", json={"latency": 1.0}).raise_for_status()
-    batch_id = catalog_batch(api, 12)
+    # Twelve identical items: with reuse, all but the first would copy its picture and
+    # never call Segmind, so none could fail.
+    batch_id = catalog_batch(api, 12, reuse=False)
     log_in(browser, services, tenant.key)
     browser.get(f"{services.api}/dashboard/batches/{batch_id}")
     button = browser.find_element(By.ID, "retry-failed")
