@@ -15,6 +15,8 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from relightq.batches.dispatch import settle_open_batches
+from relightq.credits.budgets import parked_by_cap
+from relightq.credits.caps import wake_capped
 from relightq.db import utcnow
 from relightq.idempotency.service import forget_expired_keys
 from relightq.jobs.models import Job, JobStatus, parked_by_pause
@@ -38,6 +40,7 @@ class SweepReport:
 
     expired_leases: int
     lost_wakeups: int
+    woken_by_cap: int = 0  # parked by their tenant's monthly cap, now with room
 
 
 def sweep(
@@ -61,12 +64,17 @@ def sweep(
             Job.dispatched_at.is_not(None),  # held batch items have no message to lose
             Job.updated_at < stale,
             due,
+            # Parked by the cap: woken below only when there is room, not every sweep
+            # (a NULL reason would make the negation NULL: not parked by the cap).
+            or_(Job.waiting_reason.is_(None), ~parked_by_cap()),
         )
         if fleet_paused:  # parked jobs wait for the resume, which wakes them itself
             query = query.where(~parked_by_pause())
         lost = list(session.execute(query.limit(MAX_PER_SWEEP)).all())
         for job_id, priority in lost:
             publish_job(session, job_id, priority)
+    # The month turned (UTC), or reservations were released: capped jobs go on by themselves.
+    woken = wake_capped(session)
     # A release lost with its transaction, or a completion nobody noticed, is redone here.
     settle_open_batches(session)
     # Webhook retries due in hours ride no broker countdown: they are sent from here.
@@ -75,4 +83,6 @@ def sweep(
     forget_expired_keys(session)
     if lost:
         log.warning("sweep re-published %d lost wake-ups", len(lost))
-    return SweepReport(expired, len(lost))
+    if woken:
+        log.info("sweep woke %d jobs parked by their tenant's monthly cap", woken)
+    return SweepReport(expired, len(lost), woken)
