@@ -1,8 +1,9 @@
 """The `relightq` command line (docs/getting-started.md, docs/operations/index.md).
 
-The operator's commands (api, worker, beat, migrate, keys, buckets, throttle, ...) are
-here and import the server's modules only when run; `relightq batch` and `relightq
-schedule` (batches.py, schedules.py) are clients of the API, built on relightq.client.
+The operator's commands (api, worker, beat, migrate, keys, buckets, throttle, tenants,
+...) are here and import the server's modules only when run; `relightq batch` and
+`relightq schedule` (batches.py, schedules.py) are clients of the API, built on
+relightq.client.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from relightq.cli.batches import batch_app
 from relightq.cli.schedules import schedule_app
@@ -26,6 +28,8 @@ buckets_app = typer.Typer(
 app.add_typer(buckets_app, name="buckets")
 throttle_app = typer.Typer(help="See, pause and resume the fleet's upstream calls.")
 app.add_typer(throttle_app, name="throttle")
+tenants_app = typer.Typer(help="See tenants and set their monthly credit caps.")
+app.add_typer(tenants_app, name="tenants")
 app.add_typer(batch_app, name="batch")
 app.add_typer(schedule_app, name="schedule")
 console = Console()
@@ -293,7 +297,8 @@ def _show_throttle() -> None:
     from relightq.throttle.service import get_fleet
 
     view = throttle_view(get_fleet().state(), get_settings())
-    console.print_json(view.model_dump_json())
+    # No tenant asks here: a tenant's credits are `relightq tenants list`.
+    console.print_json(view.model_dump_json(exclude={"tenant_credits"}))
 
 
 @throttle_app.command("status")
@@ -322,3 +327,71 @@ def throttle_resume() -> None:
 
     resume_fleet(get_fleet(), manual=True)
     _show_throttle()
+
+
+@tenants_app.command("cap")
+def tenants_cap(
+    tenant: TenantName,
+    credits: Annotated[
+        str,
+        typer.Argument(
+            metavar="CREDITS|none",
+            help="Credits TENANT may spend per calendar month (UTC), or 'none' for no cap.",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Set TENANT's monthly credit cap. Past it, its jobs wait (never fail); raising or
+    removing the cap lets them go on at once, and so does the month turning."""
+    from relightq.credits.amounts import as_text
+    from relightq.credits.caps import parse_cap, set_monthly_cap, tenant_credits
+    from relightq.db import session_scope
+    from relightq.errors import NotFound
+
+    try:
+        cap = parse_cap(credits)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'CREDITS|none'") from None
+    try:
+        with session_scope() as session:
+            owner = set_monthly_cap(session, tenant, cap)
+            month = tenant_credits(session, owner)
+    except NotFound as exc:
+        console.print(f"[red]{escape(exc.message)}[/red]")
+        raise typer.Exit(1) from None
+    shown = "none" if cap is None else f"{as_text(cap)} credits a month"
+    console.print(
+        f"{tenant}: monthly cap {shown}; spent in {month.month:%Y-%m} (UTC) "
+        f"{as_text(month.spent_this_month)}, reserved now {as_text(month.reserved)}",
+        highlight=False,
+    )
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """Every tenant: operator or not, monthly cap, spent this month (UTC), reserved now."""
+    from rich.table import Table
+
+    from relightq.credits.amounts import as_text
+    from relightq.credits.caps import list_tenants
+    from relightq.db import session_scope
+
+    with session_scope() as session:
+        rows = list_tenants(session)
+    if not rows:
+        console.print("No tenants.")
+        return
+    table = Table(
+        "tenant", "operator", "monthly cap", f"spent {rows[0].credits.month:%Y-%m}", "reserved"
+    )
+    for row in rows:
+        month = row.credits
+        cap = "none" if month.monthly_cap is None else as_text(month.monthly_cap)
+        table.add_row(
+            escape(row.name),
+            "yes" if row.is_operator else "no",
+            cap,
+            as_text(month.spent_this_month),
+            as_text(month.reserved),
+        )
+    console.print(table)
