@@ -6,8 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from api.deps import CurrentTenant
+from api.deps import CurrentTenant, DbSession
 from api.errors import authenticated
+from relightq.credits.caps import tenant_credits
 from relightq.errors import OperatorRequired
 from relightq.settings import get_settings
 from relightq.tenants.models import Tenant
@@ -34,9 +35,10 @@ Operator = Annotated[Tenant, Depends(_operator)]
     summary="The fleet: running or paused, and why",
     responses=authenticated(),
 )
-def get_throttle(_: CurrentTenant, fleet: CurrentFleet) -> ThrottleOut:
-    """Shared by every worker; any client may read it."""
-    return throttle_view(fleet.state(), get_settings())
+def get_throttle(tenant: CurrentTenant, db: DbSession, fleet: CurrentFleet) -> ThrottleOut:
+    """Shared by every worker; any client may read it. `tenant_credits` is the caller's
+    own monthly cap and what counts against it."""
+    return throttle_view(fleet.state(), get_settings(), tenant_credits(db, tenant))
 
 
 @router.post(
@@ -46,11 +48,14 @@ def get_throttle(_: CurrentTenant, fleet: CurrentFleet) -> ThrottleOut:
     responses=authenticated(OperatorRequired),
 )
 def pause(
-    _: Operator, fleet: CurrentFleet, body: Annotated[PauseIn | None, Body()] = None
+    operator: Operator,
+    db: DbSession,
+    fleet: CurrentFleet,
+    body: Annotated[PauseIn | None, Body()] = None,
 ) -> ThrottleOut:
     """No new upstream call starts after this returns; calls in flight finish."""
     pause_fleet(fleet, MANUAL, (body or PauseIn()).reason, manual=True)
-    return throttle_view(fleet.state(), get_settings())
+    return throttle_view(fleet.state(), get_settings(), tenant_credits(db, operator))
 
 
 @router.post(
@@ -59,7 +64,7 @@ def pause(
     summary="Resume the fleet and wake waiting jobs",
     responses=authenticated(OperatorRequired),
 )
-def resume(_: Operator, fleet: CurrentFleet) -> ThrottleOut:
+def resume(operator: Operator, db: DbSession, fleet: CurrentFleet) -> ThrottleOut:
     """Lifts any pause, manual or automatic."""
     resume_fleet(fleet, manual=True)
-    return throttle_view(fleet.state(), get_settings())
+    return throttle_view(fleet.state(), get_settings(), tenant_credits(db, operator))

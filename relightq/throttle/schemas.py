@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from relightq.credits.amounts import Credits, exact
 from relightq.settings import Settings
 from relightq.throttle.fleet import FleetState
+
+if TYPE_CHECKING:  # the client reads these schemas: no database modules at run time
+    from relightq.credits.caps import TenantCredits
 
 
 class ThrottleLimits(BaseModel):
@@ -19,6 +22,20 @@ class ThrottleLimits(BaseModel):
     max_calls_per_minute: int
     credit_reserve: Credits
     credit_warn_below: Credits | None = None
+
+
+class TenantCreditsOut(BaseModel):
+    """The calling tenant's monthly credit cap, set by an operator, and its month so far."""
+
+    monthly_cap: Credits | None = Field(
+        description="Credits the tenant may spend per calendar month (UTC); null: no cap. "
+        "Past it, jobs wait (`waiting`, with the reason) and never fail."
+    )
+    spent_this_month: Credits = Field(description="Credits spent this month (UTC).")
+    reserved: Credits = Field(
+        description="Credits held now by calls under way, counted against the cap until they end."
+    )
+    month: str = Field(description="The month counted, YYYY-MM (UTC).", examples=["2025-06"])
 
 
 class ThrottleOut(BaseModel):
@@ -34,6 +51,8 @@ class ThrottleOut(BaseModel):
     calls_in_flight: int
     calls_last_minute: int
     limits: ThrottleLimits
+    # Null only where no tenant asks (`relightq throttle status`).
+    tenant_credits: TenantCreditsOut | None = None
 
 
 class PauseIn(BaseModel):
@@ -46,8 +65,20 @@ def _time(epoch: float | None) -> datetime | None:
     return datetime.fromtimestamp(epoch, UTC) if epoch is not None else None
 
 
-def throttle_view(state: FleetState, settings: Settings) -> ThrottleOut:
-    """The fleet state as the API and CLI show it."""
+def tenant_credits_view(credits: TenantCredits) -> TenantCreditsOut:
+    """A tenant's month as GET /v1/throttle shows it."""
+    return TenantCreditsOut(
+        monthly_cap=credits.monthly_cap,
+        spent_this_month=credits.spent_this_month,
+        reserved=credits.reserved,
+        month=f"{credits.month:%Y-%m}",
+    )
+
+
+def throttle_view(
+    state: FleetState, settings: Settings, tenant_credits: TenantCredits | None = None
+) -> ThrottleOut:
+    """The fleet state as the API and CLI show it (with the caller's month, if asked)."""
     return ThrottleOut(
         state="paused" if state.paused else "running",
         code=state.code,
@@ -64,4 +95,5 @@ def throttle_view(state: FleetState, settings: Settings) -> ThrottleOut:
             credit_reserve=settings.credit_reserve,
             credit_warn_below=settings.credit_warn_below,
         ),
+        tenant_credits=None if tenant_credits is None else tenant_credits_view(tenant_credits),
     )
