@@ -51,8 +51,11 @@ class ThrottleOut(BaseModel):
     calls_in_flight: int
     calls_last_minute: int
     limits: ThrottleLimits
-    # Null only where no tenant asks (`relightq throttle status`).
-    tenant_credits: TenantCreditsOut | None = None
+    tenant_credits: TenantCreditsOut | None = Field(
+        default=None,
+        description="The calling tenant's monthly credit cap and what counts against it "
+        "(null only where no tenant asks: `relightq throttle status`).",
+    )
 
 
 class PauseIn(BaseModel):
