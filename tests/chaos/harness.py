@@ -296,7 +296,11 @@ def deployment(
 
 
 def submit(d: Deployment, count: int, **fields: Any) -> list[str]:
-    """Post ``count`` jobs with a catalog image uploaded to the customer's bucket."""
+    """Post ``count`` jobs with a catalog image uploaded to the customer's bucket.
+
+    Every job is the same picture, which result reuse would make once and copy; these
+    jobs are here to make calls, so each asks for a new picture (``reuse: false``) unless
+    ``fields`` says otherwise."""
     from tests.support.images import product_png
 
     s3 = d.s3()
@@ -309,6 +313,7 @@ def submit(d: Deployment, count: int, **fields: Any) -> list[str]:
         "width": 256,
         "height": 256,
         "highres_scale": 1,
+        "reuse": False,
         **fields,
     }
     with d.api() as api:

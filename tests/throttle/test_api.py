@@ -24,6 +24,7 @@ def test_anyone_reads_the_fleet_state_with_its_limits(
         "max_concurrent_calls": 4,
         "max_calls_per_minute": 100000,
         "credit_reserve": 0.0,
+        "credit_warn_below": 10.0,
     }
 
 
@@ -43,10 +44,10 @@ def test_an_operator_pause_parks_jobs_without_calls_and_resume_runs_them(
         paused = ops.post("/v1/throttle/pause", json={"reason": "quarterly budget review"}).json()
         assert (paused["state"], paused["code"], paused["manual"]) == ("paused", "manual", True)
 
-        _, url = shop_image("catalog/paused.png")
+        urls = [shop_image(f"catalog/paused-{n}.png")[1] for n in range(3)]  # three pictures
         ids = [
             api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
-            for _ in range(3)
+            for url in urls
         ]
         for job_id in ids:
             job = wait_for(api, job_id, "waiting")
@@ -66,10 +67,10 @@ def test_credits_running_out_pause_the_fleet_and_a_top_up_resumes_it(
     api: httpx.Client, simulator: httpx.Client
 ) -> None:
     simulator.post("/admin/config", json={"credits": 0.05}).raise_for_status()  # one call's worth
-    _, url = shop_image("catalog/credits.png")
+    urls = [shop_image(f"catalog/credits-{n}.png")[1] for n in range(4)]  # four pictures
     ids = [
         api.post("/v1/jobs", json={"prompt": "x", "subject_image": url}).json()["id"]
-        for _ in range(4)
+        for url in urls
     ]
     deadline = time.monotonic() + 20
     while api.get("/v1/throttle").json()["state"] != "paused":
