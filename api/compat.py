@@ -26,6 +26,7 @@ from api.waiting import POLL_SECONDS, wait_for_job
 from relightq.compat import (
     COMPAT_PRIORITY,
     SegmindAnswer,
+    capped_answer,
     error,
     final_answer,
     not_found,
@@ -319,7 +320,9 @@ async def ic_light(request: Request, db: ExplicitSession, storage: CurrentStorag
         done = await wait_for_job(tenant.id, job.id, max(remaining, 0), stop=parked_by_pause)
         if done.status in FINAL_STATUSES:
             return _respond(await run_in_threadpool(final_answer, done, storage))
-        paused = paused_answer(get_fleet().state()) if parked_by_pause(done) else None
+        paused = None
+        if parked_by_pause(done):
+            paused = capped_answer(done) or paused_answer(get_fleet().state())
         if paused is not None:
             # What Segmind would have said (406, 401) or a 503: say it, and make sure the
             # job never runs (and charges) later for a caller who has gone.

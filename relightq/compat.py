@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from relightq.credits.amounts import as_text
-from relightq.jobs.models import Job, JobStatus
+from relightq.jobs.models import CAP_REACHED, Job, JobStatus
 from relightq.segmind.errors import SegmindOutOfCredits, SegmindUnauthorized
 from relightq.storage import Storage
 from relightq.throttle.fleet import FleetState
@@ -58,6 +58,14 @@ def paused_answer(state: FleetState) -> SegmindAnswer | None:
     if state.code in (SegmindOutOfCredits.code, CREDIT_RESERVE):
         return error(406, OUT_OF_CREDITS)
     return error(503, PAUSED, **{"Retry-After": str(PAUSED_RETRY_AFTER_SECONDS)})
+
+
+def capped_answer(job: Job) -> SegmindAnswer | None:
+    """A job parked by its tenant's monthly credit cap: for the caller on the line that is
+    Segmind's 406 (no credit to spend), answered at once rather than after the wait."""
+    if job.status == JobStatus.WAITING and (job.waiting_reason or "").startswith(CAP_REACHED):
+        return error(406, OUT_OF_CREDITS)
+    return None
 
 
 def parked_by_pause(job: Job) -> bool:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+from relightq.credits.caps import set_monthly_cap
 from relightq.db import session_scope
 from relightq.jobs.models import Job
 from tests.conftest import Services, TenantKey
@@ -204,6 +206,26 @@ def test_while_credits_are_out_it_answers_406_instead_of_hanging(
         ops.post("/v1/throttle/resume").raise_for_status()
 
 
+def test_a_tenant_past_its_monthly_cap_gets_406_at_once_and_nothing_runs_later(
+    services: Services, tenant: TenantKey, simulator: httpx.Client
+) -> None:
+    with session_scope() as session:
+        set_monthly_cap(session, tenant.name, Decimal("0.01"))  # less than one image
+    _, url = shop_image("compat/capped.png")
+    headers = {"x-api-key": tenant.key}
+
+    started = time.monotonic()
+    answer = httpx.post(
+        services.api + PATH, json={"prompt": "x", "subject_image": url}, headers=headers, timeout=60
+    )
+
+    assert (answer.status_code, answer.json()) == (406, {"error": "Not enough credits"})
+    assert time.monotonic() - started < 15
+    jobs = httpx.get(f"{services.api}/v1/jobs", headers=headers).json()["items"]
+    assert [j["status"] for j in jobs] == ["cancelled"]  # a caller who left is never billed
+    assert simulator.get("/admin/stats").json()["calls"] == 0
+
+
 def test_a_call_caught_by_a_refused_segmind_key_gets_401_at_once_and_never_runs(
     services: Services, tenant: TenantKey, simulator: httpx.Client
 ) -> None:
@@ -278,7 +300,10 @@ def test_prefer_wait_returns_the_final_job_or_the_usual_202(
 
     quick = api.post("/v1/jobs", json=body, headers={"Prefer": "wait=20"})
     simulator.post("/admin/config", json={"latency": 3.0}).raise_for_status()
-    slow = api.post("/v1/jobs", json=body, headers={"Prefer": "respond-async, wait=1"})
+    # The same picture again would be a copy, done at once: this one asks for a new one.
+    slow = api.post(
+        "/v1/jobs", json={**body, "reuse": False}, headers={"Prefer": "respond-async, wait=1"}
+    )
 
     assert quick.status_code == 200 and quick.json()["status"] == "succeeded"
     assert quick.json()["outputs"][0]["url"]
