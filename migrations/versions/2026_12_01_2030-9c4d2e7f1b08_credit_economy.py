@@ -34,7 +34,7 @@ def upgrade() -> None:
     if postgres:
         # Never wait long behind a lock held by live traffic; fail and retry the deploy
         # instead. Changing a column's type rewrites the table: run this in a quiet hour
-        # on a big jobs table (docs/operations/backups.md, upgrades).
+        # on a big jobs table (docs/operations/index.md, Upgrading).
         op.execute("SET LOCAL lock_timeout = '4s'")
         for table, column in AMOUNTS:
             # A float's shortest text is what was meant (0.037, not 0.0369999...).
