@@ -172,7 +172,8 @@ class Settings(BaseSettings):
     # (docs/reference/guarantees.md, guarantee 3).
     credit_reserve: Decimal = Field(default=Decimal(0), ge=0, decimal_places=6)
     # Warn (a credits.low webhook event and the relightq_credits_low metric) once each time
-    # the balance Segmind reports falls below this; empty: never (docs/concepts/credits.md).
+    # the balance Segmind reports falls below this; empty or "none": never
+    # (docs/concepts/credits.md).
     credit_warn_below: Decimal | None = Field(default=Decimal(10), ge=0, decimal_places=6)
     # While paused, the free credits probe first runs after this long ...
     probe_interval_seconds: float = 30.0
@@ -218,6 +219,13 @@ class Settings(BaseSettings):
                 "on the wire finish"
             )
         return self
+
+    @field_validator("credit_warn_below", mode="before")
+    @classmethod
+    def _empty_means_never(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
 
     @field_validator("rate_limit")
     @classmethod

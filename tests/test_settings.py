@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 
 import pytest
 from pydantic import ValidationError
@@ -92,3 +93,21 @@ def test_size_limits_of_zero_or_less_are_refused_at_start(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError, match="greater than"):
         Settings()
+
+
+@pytest.mark.parametrize("value", ["", "none", "None"])
+def test_an_empty_low_balance_threshold_turns_the_warning_off(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("RELIGHTQ_CREDIT_WARN_BELOW", value)
+    assert Settings().credit_warn_below is None
+
+
+def test_credit_amounts_are_exact_decimals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELIGHTQ_CREDIT_WARN_BELOW", "2.5")
+    monkeypatch.setenv("RELIGHTQ_SEGMIND_CREDITS_PER_IMAGE", "0.037")
+    settings = Settings()
+    assert str(settings.credit_warn_below) == "2.5"
+    assert settings.segmind_credits_per_image * 10 == Decimal(
+        "0.37"
+    )  # 0.37000000000000005 as floats

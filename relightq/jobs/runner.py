@@ -300,7 +300,7 @@ def _load_subject(claim_: Claim, storage: Storage) -> Subject:
     """An http(s) URL goes to Segmind as is; stored bytes go as a multipart upload."""
     subject = claim_.subject_image
     if subject.startswith(("http://", "https://")):
-        etag = reuse.strong_etag(subject) if claim_.reuse else None
+        etag = reuse.strong_etag(subject)
         return Subject(subject, reuse.url_identity(subject, etag) if etag else None)
     blob = storage.read(subject)
     content_type = sniff_image_type(blob.data) or "application/octet-stream"
@@ -390,12 +390,13 @@ def _cleared_for_call(
         )
         return None
     params = RelightParams.model_validate(claim_.params)
-    if claim_.reuse and subject.identity is not None:
-        key = reuse.reuse_key(subject.identity, params)
-        if key is not None:
-            claim_ = replace(claim_, reuse_key=key, subject_locator=subject.identity.locator)
-            if _reused(claim_, deps):
-                return None
+    key = reuse.reuse_key(subject.identity, params) if subject.identity else None
+    if key is not None and subject.identity is not None:
+        # Known even when this job asked for a new picture: the new one is then offered
+        # to later jobs that do reuse.
+        claim_ = replace(claim_, reuse_key=key, subject_locator=subject.identity.locator)
+        if claim_.reuse and _reused(claim_, deps):
+            return None
 
     admission = wait_for_slot(
         deps.fleet,
@@ -494,31 +495,18 @@ def _record_reuse(
 ) -> None:
     now = utcnow()
     with session_scope() as session:
-        done = session.execute(
-            _owned_update(
-                claim_,
-                status=JobStatus.SUCCEEDED,
-                finished_at=now,
-                # No call was made: the claim's attempt is given back.
-                attempts=Job.attempts - 1,
-                credits_used=ZERO,
-                credits_saved=saved,
-                reused_from=source_id,
-                reuse_key=claim_.reuse_key,
-                subject_locator=claim_.subject_locator,
-                error_code=None,
-                error_message=None,
-                waiting_reason=None,
-            )
+        stored = _store_success(
+            session,
+            claim_,
+            outputs,
+            None,
+            # No call was made: the claim's attempt is given back.
+            attempts=Job.attempts - 1,
+            credits_used=ZERO,
+            credits_saved=saved,
+            reused_from=source_id,
         )
-        if done.rowcount != 1:  # type: ignore[attr-defined]
-            log.warning("job %s lost its lease before reusing; outcome discarded", claim_.job_id)
-            return
-        session.query(JobOutput).filter(JobOutput.job_id == claim_.job_id).delete()
-        session.add_all(outputs)
-        session.flush()
-        emit_job_final(session, claim_.job_id)
-        if claim_.batch_id is not None:
+        if stored and claim_.batch_id is not None:
             session.execute(
                 update(Batch)
                 .where(Batch.id == claim_.batch_id)
@@ -529,11 +517,44 @@ def _record_reuse(
                 )
             )
             settle(session, claim_.batch_id)
-    JOBS_REUSED.inc()
-    CREDITS_SAVED.inc(float(saved))
-    log.info(
-        "job %s succeeded by reusing job %s (%s credits saved)", claim_.job_id, source_id, saved
+    if stored:
+        JOBS_REUSED.inc()
+        CREDITS_SAVED.inc(float(saved))
+        log.info("job %s succeeded by reusing job %s (%s saved)", claim_.job_id, source_id, saved)
+
+
+def _store_success(
+    session: Session,
+    claim_: Claim,
+    outputs: list[JobOutput],
+    call: CallRecord | None,
+    **values: Any,
+) -> bool:
+    """Mark the job succeeded with ``outputs`` (if this worker still holds it) and emit
+    job.succeeded; the picture's identity goes with it, for later jobs to reuse."""
+    done = session.execute(
+        _owned_update(
+            claim_,
+            status=JobStatus.SUCCEEDED,
+            finished_at=utcnow(),
+            error_code=None,
+            error_message=None,
+            waiting_reason=None,
+            reuse_key=claim_.reuse_key,
+            subject_locator=claim_.subject_locator,
+            **values,
+        )
     )
+    if call is not None:
+        session.add(_attempt_row(claim_, call, outcome="succeeded", counted=True))
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        log.warning("job %s lost its lease before finishing; outcome discarded", claim_.job_id)
+        return False
+    session.query(JobOutput).filter(JobOutput.job_id == claim_.job_id).delete()
+    session.add_all(outputs)
+    session.flush()
+    emit_job_final(session, claim_.job_id)
+    return True
 
 
 def _run_claimed(claim_: Claim, lease: Lease, deps: RunnerDeps) -> None:
@@ -1125,29 +1146,14 @@ def _record_success(
     reusable: bool,
 ) -> None:
     now = utcnow()
+    if not reusable:
+        # Offered for reuse only while the subject provably did not change.
+        claim_ = replace(claim_, reuse_key=None)
     with session_scope() as session:
-        done = session.execute(
-            _owned_update(
-                claim_,
-                status=JobStatus.SUCCEEDED,
-                finished_at=now,
-                credits_used=credits,
-                remaining_credits=remaining,
-                error_code=None,
-                error_message=None,
-                waiting_reason=None,
-                # Offered for reuse only while the subject provably did not change.
-                reuse_key=claim_.reuse_key if reusable else None,
-            )
-        )
-        session.add(_attempt_row(claim_, call, outcome="succeeded", counted=True))
-        if done.rowcount != 1:  # type: ignore[attr-defined]
-            log.warning("job %s lost its lease before finishing; outcome discarded", claim_.job_id)
+        if not _store_success(
+            session, claim_, outputs, call, credits_used=credits, remaining_credits=remaining
+        ):
             return
-        session.query(JobOutput).filter(JobOutput.job_id == claim_.job_id).delete()
-        session.add_all(outputs)
-        session.flush()
-        emit_job_final(session, claim_.job_id)
         # The reservation is settled in this transaction (the owned update released it),
         # in lock order: job, batch, tenant month (relightq.credits.budgets).
         if claim_.batch_id is not None:

@@ -164,6 +164,9 @@ def test_reuse_false_buys_a_new_picture(api: httpx.Client, simulator: httpx.Clie
     fresh = relight(api, subject, reuse=False)
     assert fresh["reused_from"] is None and fresh["reuse"] is False
     assert paid_calls(simulator) == 2
+    # The new picture is the one later jobs copy.
+    assert relight(api, subject)["reused_from"] == fresh["id"]
+    assert paid_calls(simulator) == 2
 
 
 def test_any_other_parameter_makes_another_picture(

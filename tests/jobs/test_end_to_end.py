@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import time
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -22,6 +24,7 @@ from tests.support.images import product_png
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
 SHOP_BUCKET = "shop-images"
+_URLS = itertools.count()
 
 
 def wait_for(api: httpx.Client, job_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
@@ -36,12 +39,15 @@ def wait_for(api: httpx.Client, job_id: str, *statuses: str, timeout: float = 30
 
 
 def shop_image(key: str) -> tuple[str, str]:
-    """Put a product photo in a 'customer' bucket; return its s3:// URI and a presigned URL."""
+    """Put a product photo in a 'customer' bucket; return its s3:// URI and a presigned URL.
+
+    Each call's URL is a URL of its own (two presigned in the same second would be the same
+    string, and result reuse would copy the first one's picture for the second)."""
     client: Any = s3_client()
     client.create_bucket(Bucket=SHOP_BUCKET)
     client.put_object(Bucket=SHOP_BUCKET, Key=key, Body=product_png(), ContentType="image/png")
     url = client.generate_presigned_url(
-        "get_object", Params={"Bucket": SHOP_BUCKET, "Key": key}, ExpiresIn=600
+        "get_object", Params={"Bucket": SHOP_BUCKET, "Key": key}, ExpiresIn=600 + next(_URLS)
     )
     return f"s3://{SHOP_BUCKET}/{key}", url
 
@@ -93,7 +99,7 @@ def test_a_url_job_ends_with_a_correct_image_in_s3(
     with session_scope() as session:
         state = session.scalar(select(UpstreamState))
     assert state is not None
-    assert state.remaining_credits == simulator.get("/admin/stats").json()["credits"]
+    assert state.remaining_credits == Decimal(str(simulator.get("/admin/stats").json()["credits"]))
 
 
 def test_an_uploaded_image_is_sent_to_segmind_as_bytes(

@@ -85,6 +85,9 @@ def new_job(tenant: TenantKey, **params: Any) -> uuid.UUID:
             tenant_id=tenant.id,
             params=RelightParams.model_validate(fields).model_dump(),
             subject_image=uri,
+            # Every job here is the same photo, and these tests count requests: each buys
+            # its own picture instead of copying the first one's.
+            reuse=False,
         )
         session.add(job)
         session.flush()
