@@ -19,6 +19,7 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from relightq.batches.models import Batch
+from relightq.credits.budgets import reserved_in_batch
 from relightq.db import utcnow
 from relightq.jobs.models import FINAL_STATUSES, IN_FLIGHT_STATUSES, Job, JobStatus, held_by_batch
 from relightq.jobs.service import publish_job
@@ -46,6 +47,15 @@ def release(session: Session, batch_id: uuid.UUID) -> int:
     batch = session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
     if batch is None or batch.cancelled_at is not None or budget_spent(batch):
         return 0
+    affordable = None
+    if batch.credit_budget is not None:
+        # Items the budget cannot pay for would only be claimed and handed back: release
+        # no more than the images left fit, counting the calls under way (each success
+        # or failure releases again).
+        left = batch.credit_budget - batch.credits_used - reserved_in_batch(session, batch_id)
+        affordable = int(left // get_settings().segmind_credits_per_image)
+        if affordable <= 0:
+            return 0
     in_flight = session.scalar(
         select(func.count())
         .select_from(Job)
@@ -56,6 +66,8 @@ def release(session: Session, batch_id: uuid.UUID) -> int:
         )
     )
     room = get_settings().batch_window_size - (in_flight or 0)
+    if affordable is not None:
+        room = min(room, affordable)
     if room <= 0:
         return 0
     rows = session.execute(

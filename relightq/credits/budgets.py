@@ -60,6 +60,16 @@ def _held(where: ColumnElement[bool], job_id: uuid.UUID) -> ScalarSelect[Decimal
     )
 
 
+def reserved_in_batch(session: Session, batch_id: uuid.UUID) -> Decimal:
+    """The credits the batch's unfinished items hold reserved now."""
+    held = session.scalar(
+        select(func.coalesce(func.sum(Job.credits_reserved), 0))
+        .where(Job.batch_id == batch_id, Job.credits_reserved > 0)
+        .where(Job.status.not_in(FINAL_STATUSES))
+    )
+    return held if held is not None else ZERO
+
+
 @dataclass(frozen=True)
 class Limits:
     """What may stop a job's call, read in one query just before it."""
