@@ -127,6 +127,30 @@ def test_a_shopify_product_created_event_posted_twice_makes_its_jobs_once(
         }
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_a_product_updated_with_the_same_photo_copies_its_picture_unless_the_trigger_says_not(
+    services: Services, api: httpx.Client, simulator: httpx.Client, reuse: bool
+) -> None:
+    name = shopify_trigger(
+        api, job={"prompt": "clean studio light", "light_source": "Top Light", "reuse": reuse}
+    )
+    [url] = [shop_image(f"shopify/{uuid.uuid4().hex}.png")[1]]
+    jobs = []
+    with httpx.Client(base_url=services.api) as shopify:
+        for event_id in ("evt-created", "evt-updated"):  # two events, the same photo
+            body = json.dumps({"id": 7, "title": event_id, "images": [{"src": url}]}).encode()
+            answer = shopify.post(
+                f"/v1/triggers/{name}", content=body, headers=shopify_headers(body, event_id)
+            )
+            [job_id] = answer.json()["jobs"]
+            jobs.append(wait_for(api, job_id, "succeeded", "failed"))
+
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded"]
+    assert jobs[1]["reuse"] is reuse
+    assert (jobs[1]["reused_from"] == jobs[0]["id"]) is reuse
+    assert simulator.get("/admin/stats").json()["calls"] == (1 if reuse else 2)
+
+
 def test_concurrent_deliveries_of_one_event_make_its_jobs_once(
     services: Services, api: httpx.Client, tenant: TenantKey
 ) -> None:
