@@ -47,15 +47,6 @@ def release(session: Session, batch_id: uuid.UUID) -> int:
     batch = session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
     if batch is None or batch.cancelled_at is not None or budget_spent(batch):
         return 0
-    affordable = None
-    if batch.credit_budget is not None:
-        # Items the budget cannot pay for would only be claimed and handed back: release
-        # no more than the images left fit, counting the calls under way (each success
-        # or failure releases again).
-        left = batch.credit_budget - batch.credits_used - reserved_in_batch(session, batch_id)
-        affordable = int(left // get_settings().segmind_credits_per_image)
-        if affordable <= 0:
-            return 0
     in_flight = session.scalar(
         select(func.count())
         .select_from(Job)
@@ -66,8 +57,16 @@ def release(session: Session, batch_id: uuid.UUID) -> int:
         )
     )
     room = get_settings().batch_window_size - (in_flight or 0)
-    if affordable is not None:
-        room = min(room, affordable)
+    if batch.credit_budget is not None:
+        # Items the budget cannot pay for would only be claimed and handed back: release
+        # no more than the images left fit, counting the calls under way and, at one
+        # image each, the items sent that have not reserved yet (every success or
+        # failure releases again).
+        price = get_settings().segmind_credits_per_image
+        held, holders = reserved_in_batch(session, batch_id)
+        unreserved = max((in_flight or 0) - holders, 0)
+        left = batch.credit_budget - batch.credits_used - held - price * unreserved
+        room = min(room, int(left // price))
     if room <= 0:
         return 0
     rows = session.execute(

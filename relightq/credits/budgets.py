@@ -60,14 +60,14 @@ def _held(where: ColumnElement[bool], job_id: uuid.UUID) -> ScalarSelect[Decimal
     )
 
 
-def reserved_in_batch(session: Session, batch_id: uuid.UUID) -> Decimal:
-    """The credits the batch's unfinished items hold reserved now."""
-    held = session.scalar(
-        select(func.coalesce(func.sum(Job.credits_reserved), 0))
+def reserved_in_batch(session: Session, batch_id: uuid.UUID) -> tuple[Decimal, int]:
+    """The credits the batch's unfinished items hold reserved now, and how many hold some."""
+    held, holders = session.execute(
+        select(func.coalesce(func.sum(Job.credits_reserved), 0), func.count())
         .where(Job.batch_id == batch_id, Job.credits_reserved > 0)
         .where(Job.status.not_in(FINAL_STATUSES))
-    )
-    return held if held is not None else ZERO
+    ).one()
+    return (held if held is not None else ZERO), int(holders)
 
 
 @dataclass(frozen=True)
