@@ -18,6 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import or_, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from relightq.credits.amounts import as_text
@@ -77,6 +78,11 @@ def record_balance(
 
 
 def report_balance(remaining: Decimal, settings: Settings) -> bool:
-    """:func:`record_balance` in a transaction of its own (a v2 submit, the probe)."""
-    with session_scope() as session:
-        return record_balance(session, remaining, utcnow(), settings)
+    """:func:`record_balance` in a transaction of its own (a v2 submit, the probe); best
+    effort: with PostgreSQL down the submit and the probe go on, and a later report warns."""
+    try:
+        with session_scope() as session:
+            return record_balance(session, remaining, utcnow(), settings)
+    except SQLAlchemyError:
+        log.warning("balance of %s not recorded: PostgreSQL unavailable", remaining, exc_info=True)
+        return False

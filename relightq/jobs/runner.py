@@ -411,7 +411,13 @@ def _cleared_for_call(
     # The batch and the credits are settled once the slot is ours, just before the call:
     # a cancel while the item waited stops it here, and the reservation is held only by
     # calls about to start (never by jobs queueing for a slot).
-    stop = _reserve_or_stop(claim_, params, deps)
+    try:
+        stop = _reserve_or_stop(claim_, params, deps)
+    except BaseException:
+        # PostgreSQL unreachable (or a bug): no call is made, and the slot must not stay
+        # held, renewed by this process's heartbeat, shrinking the fleet's cap.
+        deps.fleet.release(slot)
+        raise
     if stop is not None:
         deps.fleet.release(slot)
         stop()

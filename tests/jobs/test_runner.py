@@ -187,6 +187,31 @@ def test_an_unexpected_error_during_the_call_still_frees_the_fleet_slot(
     assert deps.keeper.held() == []  # nor is the job's lease renewed by nobody
 
 
+@pytest.mark.parametrize("api_version", ["v1", "v2"])
+def test_postgresql_failing_just_before_the_call_still_frees_the_fleet_slot(
+    tenant: TenantKey, monkeypatch: pytest.MonkeyPatch, api_version: str
+) -> None:
+    # The reservation is read with the slot held: an outage there must not keep the slot
+    # renewed by this process's heartbeat, shrinking the fleet's cap for good.
+    from sqlalchemy.exc import OperationalError
+
+    from relightq.credits import budgets
+    from relightq.jobs.runner import RunnerDeps, run_job
+
+    def unreachable(*_: object) -> None:
+        raise OperationalError("SELECT", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(budgets, "limits", unreachable)
+    client, fleet = RecordingClient(), LocalFleet(1, 100)
+    settings = get_settings().model_copy(update={"segmind_api_version": api_version})
+    deps = RunnerDeps(settings, client, MemoryStorage(), fleet, keeper())  # type: ignore[arg-type]
+    with pytest.raises(OperationalError):
+        run_job(new_job(tenant), deps)
+    assert client.calls == 0
+    assert fleet.state().in_flight == 0
+    assert fleet.acquire("next").admitted  # the cap of 1 is whole again
+
+
 class RecordingClient:
     """Counts relight calls; any call is a failure of the tests below."""
 
