@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from relightq.batches.models import Batch
 from relightq.credits.amounts import ZERO, as_text
 from relightq.db import utcnow
-from relightq.jobs.models import CAP_REACHED, FINAL_STATUSES, Job, JobStatus
+from relightq.jobs.models import CAP_REACHED, FINAL_STATUSES, Job
 from relightq.tenants.models import Tenant, TenantCreditMonth
 
 BUDGET_SPENT = "batch credit budget spent"
@@ -50,12 +50,17 @@ class Refusal:
     cap: bool  # the tenant's monthly cap (else the batch's budget)
 
 
+def holding_reservation() -> ColumnElement[bool]:
+    """Jobs whose reservation counts against a limit: held (> 0, a partial index keeps
+    them few) by a job not yet final, so a reservation never outlives its job."""
+    return (Job.credits_reserved > 0) & Job.status.not_in(FINAL_STATUSES)
+
+
 def _held(where: ColumnElement[bool], job_id: uuid.UUID) -> ScalarSelect[Decimal]:
-    """The credits other unfinished jobs hold reserved (a partial index keeps it small)."""
+    """The credits other jobs matching ``where`` hold reserved."""
     return (
         select(func.coalesce(func.sum(Job.credits_reserved), 0))
-        .where(where, Job.credits_reserved > 0, Job.id != job_id)
-        .where(Job.status.not_in(FINAL_STATUSES))
+        .where(where, holding_reservation(), Job.id != job_id)
         .scalar_subquery()
     )
 
@@ -63,9 +68,9 @@ def _held(where: ColumnElement[bool], job_id: uuid.UUID) -> ScalarSelect[Decimal
 def reserved_in_batch(session: Session, batch_id: uuid.UUID) -> tuple[Decimal, int]:
     """The credits the batch's unfinished items hold reserved now, and how many hold some."""
     held, holders = session.execute(
-        select(func.coalesce(func.sum(Job.credits_reserved), 0), func.count())
-        .where(Job.batch_id == batch_id, Job.credits_reserved > 0)
-        .where(Job.status.not_in(FINAL_STATUSES))
+        select(func.coalesce(func.sum(Job.credits_reserved), 0), func.count()).where(
+            Job.batch_id == batch_id, holding_reservation()
+        )
     ).one()
     return (held if held is not None else ZERO), int(holders)
 
@@ -178,8 +183,3 @@ def spent_this_month(session: Session, tenant_id: uuid.UUID) -> Decimal:
         )
     )
     return used if used is not None else ZERO
-
-
-def parked_by_cap() -> ColumnElement[bool]:
-    """Jobs waiting for their tenant's monthly cap to be raised or the month to turn."""
-    return (Job.status == JobStatus.WAITING) & Job.waiting_reason.startswith(CAP_REACHED)

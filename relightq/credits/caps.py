@@ -20,10 +20,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from relightq.credits.amounts import ZERO, PositiveCredits
-from relightq.credits.budgets import month_of, parked_by_cap, spent_this_month
+from relightq.credits.budgets import holding_reservation, month_of, spent_this_month
 from relightq.db import utcnow
 from relightq.errors import NotFound
-from relightq.jobs.models import FINAL_STATUSES, Job, JobStatus
+from relightq.jobs.models import Job, JobStatus, parked_by_cap
 from relightq.jobs.service import publish_job
 from relightq.settings import get_settings
 from relightq.tenants.models import Tenant, TenantCreditMonth
@@ -73,7 +73,7 @@ def _reserved_by_tenant(
 ) -> dict[uuid.UUID, Decimal]:
     query = (
         select(Job.tenant_id, func.sum(Job.credits_reserved))
-        .where(Job.credits_reserved > 0, Job.status.not_in(FINAL_STATUSES))
+        .where(holding_reservation())
         .group_by(Job.tenant_id)
     )
     if tenant_ids is not None:
@@ -176,12 +176,14 @@ def wake_capped(session: Session, tenant_id: uuid.UUID | None = None) -> int:
     reserved = _reserved_by_tenant(session, tenant_ids)
     woken = 0
     for parked_tenant in tenant_ids:
-        cap = caps.get(parked_tenant)
-        room = None
-        if cap is not None:
-            room = cap - spent.get(parked_tenant, ZERO) - reserved.get(parked_tenant, ZERO)
-            if room < price:  # not even one image: nothing to load
-                continue
+        room = TenantCredits(
+            month,
+            caps.get(parked_tenant),
+            spent.get(parked_tenant, ZERO),
+            reserved.get(parked_tenant, ZERO),
+        ).room()
+        if room is not None and room < price:  # not even one image: nothing to wake
+            continue
         woken += _wake_tenant(session, parked_tenant, room, price)
     return woken
 

@@ -18,7 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
-    or_,
+    func,
     text,
     true,
 )
@@ -50,6 +50,17 @@ FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CAN
 CAP_REACHED = "tenant monthly credit cap reached"
 
 
+def parked_by_cap() -> ColumnElement[bool]:
+    """Jobs waiting for their tenant's monthly cap to be raised or the month to turn.
+
+    A job waiting without a reason is not one of them, so ``~parked_by_cap()`` holds for it
+    (a bare ``LIKE`` on NULL would make the negation NULL too)."""
+    return and_(
+        Job.status == JobStatus.WAITING,
+        func.coalesce(Job.waiting_reason, "").startswith(CAP_REACHED),
+    )
+
+
 def parked_by_pause() -> ColumnElement[bool]:
     """Jobs waiting for the fleet to resume (no time of their own): the resume wakes them.
 
@@ -60,8 +71,7 @@ def parked_by_pause() -> ColumnElement[bool]:
         Job.status == JobStatus.WAITING,
         Job.run_after.is_(None),
         Job.dispatched_at.is_not(None),
-        # NULL is not "not like": a job parked without a reason is still the resume's.
-        or_(Job.waiting_reason.is_(None), ~Job.waiting_reason.startswith(CAP_REACHED)),
+        ~parked_by_cap(),
     )
 
 

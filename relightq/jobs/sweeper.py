@@ -15,11 +15,10 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from relightq.batches.dispatch import settle_open_batches
-from relightq.credits.budgets import parked_by_cap
 from relightq.credits.caps import wake_capped
 from relightq.db import utcnow
 from relightq.idempotency.service import forget_expired_keys
-from relightq.jobs.models import Job, JobStatus, parked_by_pause
+from relightq.jobs.models import Job, JobStatus, parked_by_cap, parked_by_pause
 from relightq.jobs.service import JOB_LEASES, publish_job
 from relightq.leases import LeasedTable, republish_expired
 from relightq.settings import Settings
@@ -64,9 +63,8 @@ def sweep(
             Job.dispatched_at.is_not(None),  # held batch items have no message to lose
             Job.updated_at < stale,
             due,
-            # Parked by the cap: woken below only when there is room, not every sweep
-            # (a NULL reason would make the negation NULL: not parked by the cap).
-            or_(Job.waiting_reason.is_(None), ~parked_by_cap()),
+            # Parked by the cap: woken below only when there is room, not every sweep.
+            ~parked_by_cap(),
         )
         if fleet_paused:  # parked jobs wait for the resume, which wakes them itself
             query = query.where(~parked_by_pause())

@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 from relightq.batches.models import Batch
 from relightq.cli import app as cli
 from relightq.credits import caps
-from relightq.credits.budgets import month_of, parked_by_cap, reserve
+from relightq.credits.budgets import month_of, reserve
 from relightq.credits.caps import set_monthly_cap, wake_capped
 from relightq.db import session_scope, utcnow
 from relightq.errors import NotFound
 from relightq.jobs import sweeper
-from relightq.jobs.models import CAP_REACHED, Job, JobStatus, parked_by_pause
+from relightq.jobs.models import CAP_REACHED, Job, JobStatus, parked_by_cap, parked_by_pause
 from relightq.jobs.schemas import JobOptions
 from relightq.jobs.sweeper import sweep
 from relightq.settings import get_settings
