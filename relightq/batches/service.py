@@ -45,7 +45,7 @@ from relightq.batches.schemas import (
     validate_defaults,
 )
 from relightq.batches.sources import RawItem, json_items, prefix_items
-from relightq.credits.amounts import ZERO, as_text
+from relightq.credits.amounts import ZERO, as_text, json_default
 from relightq.credits.budgets import BUDGET_SPENT
 from relightq.credits.estimate import PlannedItem, estimate
 from relightq.db import utcnow
@@ -752,13 +752,7 @@ def manifest_rows(
 def jsonl_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     """A manifest as JSON Lines."""
     for row in rows:
-        yield json.dumps(row, ensure_ascii=False, default=_json_number) + "\n"
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return float(value)  # exact text: see relightq.credits.amounts
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+        yield json.dumps(row, ensure_ascii=False, default=json_default) + "\n"
 
 
 def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:

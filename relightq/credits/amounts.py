@@ -40,6 +40,13 @@ def _json_number(value: Decimal) -> float:
     return float(value)
 
 
+def json_default(value: object) -> float:
+    """``json.dumps``'s ``default`` for amounts: a Decimal as a number with exact text."""
+    if isinstance(value, Decimal):
+        return _json_number(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 # An amount in API answers: a JSON number with exact text (see the module docstring).
 Credits = Annotated[Decimal, PlainSerializer(_json_number, return_type=float, when_used="json")]
 # An amount a client sends: positive, finite, at most six decimal places.

@@ -11,7 +11,6 @@ change, or an earlier picture be made or removed, before the item runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -25,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from relightq.credits.amounts import ZERO
-from relightq.credits.reuse import locator, strong_etag
+from relightq.credits.reuse import canonical_params, locator, strong_etag
 from relightq.jobs.models import Job, JobStatus
 from relightq.segmind.params import RelightParams
 from relightq.settings import Settings
@@ -114,10 +113,9 @@ def picture(params: dict[str, Any]) -> str | None:
     """The parameters as the worker's reuse key reads them (validated, JSON, sorted), so
     ``2`` and ``2.0`` are the same picture; None for parameters no job could have."""
     try:
-        normal = RelightParams.model_validate(params).model_dump(mode="json")
+        return canonical_params(RelightParams.model_validate(params))
     except ValidationError:
         return None
-    return json.dumps(normal, sort_keys=True, separators=(",", ":"))
 
 
 def made_pictures(

@@ -84,13 +84,18 @@ def url_identity(url: str, etag: str) -> SubjectIdentity:
     return SubjectIdentity(_sha256("url", found), found)
 
 
+def canonical_params(params: RelightParams) -> str:
+    """Every upstream parameter as one text (JSON, keys sorted), so ``2`` and ``2.0`` are
+    the same picture."""
+    return json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
 def reuse_key(identity: SubjectIdentity, params: RelightParams) -> str | None:
     """The picture's identity: its subject and every upstream parameter; None when the
     seed is random (no two calls make the same picture)."""
     if params.seed is None:
         return None
-    canonical = json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return _sha256("picture", identity.digest, canonical)
+    return _sha256("picture", identity.digest, canonical_params(params))
 
 
 @lru_cache(maxsize=1)
