@@ -37,23 +37,20 @@ def record_balance(
 ) -> bool:
     """Keep a reported balance (unless a newer one is known) and warn on a crossing;
     True when this report sent the ``credits.low`` warning."""
+    threshold = settings.credit_warn_below
+    at_or_above = threshold is not None and remaining >= threshold
+    values: dict[str, object] = {"remaining_credits": remaining, "credits_seen_at": seen_at}
+    if at_or_above:
+        values["credits_low_since"] = None  # a top-up re-arms the warning, in the same write
     newest = session.execute(
         update(UpstreamState)
         .where(UpstreamState.id == 1)
         .where(
             or_(UpstreamState.credits_seen_at.is_(None), UpstreamState.credits_seen_at <= seen_at)
         )
-        .values(remaining_credits=remaining, credits_seen_at=seen_at)
+        .values(**values)
     )
-    threshold = settings.credit_warn_below
-    if not newest.rowcount or threshold is None:  # type: ignore[attr-defined]
-        return False
-    if remaining >= threshold:
-        session.execute(
-            update(UpstreamState)
-            .where(UpstreamState.id == 1, UpstreamState.credits_low_since.is_not(None))
-            .values(credits_low_since=None)
-        )
+    if not newest.rowcount or threshold is None or at_or_above:  # type: ignore[attr-defined]
         return False
     crossed = session.execute(
         update(UpstreamState)

@@ -687,6 +687,8 @@ def _submit(
         )
         return None
     if request.remaining_credits is not None:
+        # In a transaction of its own, not the receipt's: every report writes the one
+        # upstream_state row, and holding its lock in receipts would serialise them.
         _note_balance(request.remaining_credits, deps)
     log.info("job %s: submitted request %s", claim_.job_id, request.request_id)
     return PolledRequest(claim_, lease, slot, request, utcnow(), started)
