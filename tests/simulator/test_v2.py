@@ -393,11 +393,13 @@ def test_a_request_expires_request_ttl_seconds_after_it_ends(
 def test_expired_requests_and_outputs_are_dropped_without_any_further_call(
     sim_url: str, assets_url: str, sim_state: SimulatorState
 ) -> None:
-    sim_state.request_ttl_seconds = 0.2
     ids = [accepted(submit(sim_url, json=body(assets_url, number_of_images=2))) for _ in range(5)]
     for request_id in ids:
         wait_final(sim_url, request_id)
     assert len(sim_state.request_outputs) > 0
+    # Shortened only once every request has ended: a TTL shorter than a slow
+    # machine's polling would drop a request before the test saw it end.
+    sim_state.request_ttl_seconds = 0.2
     deadline = time.monotonic() + 5  # the background sweep runs every second
     while (sim_state.requests or sim_state.request_outputs) and time.monotonic() < deadline:
         time.sleep(0.05)
