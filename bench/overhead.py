@@ -434,6 +434,51 @@ def acceptance_idle(d: Deployment, jobs: int, clients: int) -> dict[str, Any]:
     }
 
 
+class Profiles:
+    """py-spy sampling the API and every worker of a deployment while in use (or nothing)."""
+
+    def __init__(self, d: Deployment, folder: Path | None, run: str, fmt: str) -> None:
+        self.d, self.folder, self.run, self.format = d, folder, run, fmt
+        self.recorders: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Profiles:
+        if self.folder is None:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name, pid in _relightq_pids(self.d).items():
+            out = self.folder / f"{self.run}-{name}.{self.format.replace('flamegraph', 'svg')}"
+            self.recorders.append(
+                subprocess.Popen(
+                    [
+                        str(Path(sys.executable).with_name("py-spy")),
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--subprocesses",
+                        "--rate",
+                        "200",
+                        "--format",
+                        self.format,
+                        "--nonblocking",
+                        # Only samples holding the GIL: where the CPU goes, not the waits.
+                        "--gil",
+                        "-o",
+                        str(out),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        time.sleep(1)  # py-spy attaches
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for recorder in self.recorders:
+            recorder.send_signal(signal.SIGINT)  # py-spy writes its flame graph on SIGINT
+        for recorder in self.recorders:
+            recorder.wait(60)
+
+
 # --- the run ---------------------------------------------------------------------------
 
 
@@ -494,6 +539,18 @@ def main() -> None:
     parser.add_argument(
         "--acceptance", action="store_true", help="also the API's rate with the worker stopped"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="record py-spy profiles of the API and the worker into this folder "
+        "during relightq's runs (py-spy must be installed; it slows what it samples)",
+    )
+    parser.add_argument(
+        "--profile-format",
+        choices=["flamegraph", "raw", "speedscope"],
+        default="flamegraph",
+        help="py-spy's output: an SVG flame graph, collapsed stacks (raw) or speedscope JSON",
+    )
     args = parser.parse_args()
     # Here, not at the top: a worker importing this module needs none of the harness.
     from tests.chaos.harness import BUCKET, deployment
@@ -542,14 +599,17 @@ def main() -> None:
                 "api_version": args.api_version,
                 "bare_celery": bare.run(args.jobs),
             }
-        results["relightq_singles"] = relightq_singles(d, args.jobs, args.clients)
-        results["relightq_batch"] = relightq_batch(d, args.jobs)
+        with Profiles(d, args.profile, "singles", args.profile_format):
+            results["relightq_singles"] = relightq_singles(d, args.jobs, args.clients)
+        with Profiles(d, args.profile, "batch", args.profile_format):
+            results["relightq_batch"] = relightq_batch(d, args.jobs)
         results["ratios"] = {
             "singles": _ratios(results["bare_celery"], results["relightq_singles"]),
             "batch": _ratios(results["bare_celery"], results["relightq_batch"]),
         }
         if args.acceptance:
-            results["acceptance_workers_stopped"] = acceptance_idle(d, args.jobs, args.clients)
+            with Profiles(d, args.profile, "acceptance", args.profile_format):
+                results["acceptance_workers_stopped"] = acceptance_idle(d, args.jobs, args.clients)
     print(json.dumps(results, indent=2))
     print()
     print(_table(results))
