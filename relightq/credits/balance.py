@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
-from sqlalchemy import or_, update
+from sqlalchemy import Table, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -43,7 +44,7 @@ def record_balance(
     if at_or_above:
         values["credits_low_since"] = None  # a top-up re-arms the warning, in the same write
     newest = session.execute(
-        update(UpstreamState)
+        update(cast(Table, UpstreamState.__table__))  # Core: no ORM bulk machinery per job
         .where(UpstreamState.id == 1)
         .where(
             or_(UpstreamState.credits_seen_at.is_(None), UpstreamState.credits_seen_at <= seen_at)

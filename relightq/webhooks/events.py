@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Label, exists, select
 from sqlalchemy.orm import Session, selectinload
 
 from relightq.broker import Queue, TaskName, enqueue_after_commit
@@ -37,6 +37,16 @@ def publish_delivery(session: Session, delivery_id: uuid.UUID, countdown: float 
 
 def _subscribed(endpoint: WebhookEndpoint, event_type: str) -> bool:
     return not endpoint.event_types or event_type in endpoint.event_types
+
+
+def listened_to(tenant_id: ColumnElement[uuid.UUID]) -> Label[bool]:
+    """Whether the tenant has an enabled endpoint, as a column (``listened``) of a query
+    or RETURNING: a job's final event is built only when someone may receive it."""
+    return (
+        exists()
+        .where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True))
+        .label("listened")
+    )
 
 
 def emit(

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select, update
 
+from relightq.credits.caps import set_monthly_cap
 from relightq.db import session_scope, utcnow
 from relightq.jobs.models import Job, JobOutput, JobStatus
 from relightq.jobs.runner import CallRecord, Claim, _succeed, claim, retry_delay
@@ -202,6 +203,8 @@ def test_postgresql_failing_just_before_the_call_still_frees_the_fleet_slot(
         raise OperationalError("SELECT", {}, Exception("connection refused"))
 
     monkeypatch.setattr(budgets, "limits", unreachable)
+    with session_scope() as session:  # a capped tenant's job reserves before its call
+        set_monthly_cap(session, tenant.name, Decimal(1000))
     client, fleet = RecordingClient(), LocalFleet(1, 100)
     settings = get_settings().model_copy(update={"segmind_api_version": api_version})
     deps = RunnerDeps(settings, client, MemoryStorage(), fleet, keeper())  # type: ignore[arg-type]
@@ -294,3 +297,24 @@ def test_a_stopping_worker_does_not_claim_the_jobs_it_still_receives(
         assert (job.status, job.attempts) == (JobStatus.QUEUED, 0)  # left for another worker
         session.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.CANCELLED))
     assert published == [job_id]  # its wake-up sent again, for a worker that goes on
+
+
+def test_a_single_job_of_a_tenant_without_a_cap_calls_without_reading_its_limits(
+    tenant: TenantKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing could stop its call: no batch, no cap when claimed; the claim said so.
+    from relightq.credits import budgets
+    from relightq.jobs.runner import RunnerDeps, run_job
+
+    def unexpected(*_: object) -> None:
+        raise AssertionError("limits read for a job nothing can stop")
+
+    monkeypatch.setattr(budgets, "limits", unexpected)
+    client = RecordingClient()
+    settings = get_settings().model_copy(update={"segmind_api_version": "v1"})
+    deps = RunnerDeps(settings, client, MemoryStorage(), LocalFleet(1, 100), keeper())  # type: ignore[arg-type]
+    job_id = new_job(tenant)
+    run_job(job_id, deps)
+    assert client.calls == 1
+    with session_scope() as session:
+        assert session.get(Job, job_id).status == JobStatus.SUCCEEDED  # type: ignore[union-attr]
