@@ -30,9 +30,12 @@ from functools import cached_property
 from typing import Any, cast
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
+    Integer,
     Table,
     and_,
+    bindparam,
     case,
     delete,
     exists,
@@ -183,6 +186,60 @@ class CallRecord:
     request_id: str | None = None
 
 
+def _param(name: str, column: ColumnElement[Any]) -> BindParameter[Any]:
+    """A named parameter of a statement built once, typed as ``column``."""
+    return bindparam(name, type_=column.type)
+
+
+# Built once: building it and its cache key for every job cost more CPU than running it.
+_CLAIM = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == _param("job_id", JOBS.c.id),
+        or_(
+            JOBS.c.status.in_([JobStatus.QUEUED, JobStatus.WAITING]),
+            (JOBS.c.status == JobStatus.RUNNING)
+            & (JOBS.c.lease_expires_at < _param("now", JOBS.c.started_at)),
+        ),
+        or_(JOBS.c.run_after.is_(None), JOBS.c.run_after <= _param("due", JOBS.c.run_after)),
+    )
+    .values(
+        status=JobStatus.RUNNING,
+        # Resuming the poll of a request already paid for is not another attempt.
+        attempts=case(
+            (JOBS.c.upstream_request_id.is_(None), JOBS.c.attempts + 1), else_=JOBS.c.attempts
+        ),
+        lease_token=_param("token", JOBS.c.lease_token),
+        lease_expires_at=_param("expires", JOBS.c.lease_expires_at),
+        lease_holder=_param("holder", JOBS.c.lease_holder),
+        started_at=_param("now", JOBS.c.started_at),
+        updated_at=_param("now", JOBS.c.started_at),
+        run_after=None,
+        waiting_reason=None,
+    )
+    .returning(
+        JOBS.c.tenant_id,
+        JOBS.c.attempts,
+        JOBS.c.priority,
+        JOBS.c.params,
+        JOBS.c.subject_image,
+        JOBS.c.batch_id,
+        JOBS.c.output_template,
+        JOBS.c.upstream_request_id,
+        JOBS.c.upstream_status_url,
+        JOBS.c.upstream_response_url,
+        JOBS.c.upstream_submitted_at,
+        JOBS.c.upstream_resubmits,
+        JOBS.c.reuse,
+        JOBS.c.reuse_key,
+        JOBS.c.subject_locator,
+        exists()
+        .where(Tenant.id == JOBS.c.tenant_id, Tenant.monthly_credit_cap.is_not(None))
+        .label("capped"),
+    )
+)
+
+
 def claim(
     session: Session, job_id: uuid.UUID, lease_seconds: float, holder: str | None = None
 ) -> Claim | None:
@@ -194,49 +251,15 @@ def claim(
     now = utcnow()
     token = uuid.uuid4()
     row = session.execute(
-        update(JOBS)
-        .where(
-            JOBS.c.id == job_id,
-            or_(
-                JOBS.c.status.in_([JobStatus.QUEUED, JobStatus.WAITING]),
-                (JOBS.c.status == JobStatus.RUNNING) & (JOBS.c.lease_expires_at < now),
-            ),
-            or_(JOBS.c.run_after.is_(None), JOBS.c.run_after <= now + timedelta(seconds=1)),
-        )
-        .values(
-            status=JobStatus.RUNNING,
-            # Resuming the poll of a request already paid for is not another attempt.
-            attempts=case(
-                (JOBS.c.upstream_request_id.is_(None), JOBS.c.attempts + 1), else_=JOBS.c.attempts
-            ),
-            lease_token=token,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            lease_holder=holder,
-            started_at=now,
-            updated_at=now,
-            run_after=None,
-            waiting_reason=None,
-        )
-        .returning(
-            JOBS.c.tenant_id,
-            JOBS.c.attempts,
-            JOBS.c.priority,
-            JOBS.c.params,
-            JOBS.c.subject_image,
-            JOBS.c.batch_id,
-            JOBS.c.output_template,
-            JOBS.c.upstream_request_id,
-            JOBS.c.upstream_status_url,
-            JOBS.c.upstream_response_url,
-            JOBS.c.upstream_submitted_at,
-            JOBS.c.upstream_resubmits,
-            JOBS.c.reuse,
-            JOBS.c.reuse_key,
-            JOBS.c.subject_locator,
-            exists()
-            .where(Tenant.id == JOBS.c.tenant_id, Tenant.monthly_credit_cap.is_not(None))
-            .label("capped"),
-        )
+        _CLAIM,
+        {
+            "job_id": job_id,
+            "now": now,
+            "due": now + timedelta(seconds=1),
+            "token": token,
+            "expires": now + timedelta(seconds=lease_seconds),
+            "holder": holder,
+        },
     ).one_or_none()
     if row is None:
         return None
@@ -535,7 +558,7 @@ def _record_reuse(
             outputs,
             None,
             # No call was made: the claim's attempt is given back.
-            attempts=JOBS.c.attempts - 1,
+            refund=1,
             credits_used=ZERO,
             credits_saved=saved,
             reused_from=source_id,
@@ -557,34 +580,74 @@ def _record_reuse(
         log.info("job %s succeeded by reusing job %s (%s saved)", claim_.job_id, source_id, saved)
 
 
+# What _owned_update writes for a success, built once (see _CLAIM).
+_SUCCEEDED = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == _param("job_id", JOBS.c.id),
+        JOBS.c.lease_token == _param("token", JOBS.c.lease_token),
+        JOBS.c.status == JobStatus.RUNNING,
+    )
+    .values(
+        status=JobStatus.SUCCEEDED,
+        finished_at=_param("now", JOBS.c.finished_at),
+        updated_at=_param("now", JOBS.c.finished_at),
+        error_code=None,
+        error_message=None,
+        waiting_reason=None,
+        lease_token=None,
+        lease_expires_at=None,
+        lease_holder=None,
+        credits_reserved=ZERO,
+        reuse_key=_param("reuse_key", JOBS.c.reuse_key),
+        subject_locator=_param("subject_locator", JOBS.c.subject_locator),
+        attempts=JOBS.c.attempts - bindparam("refund", type_=Integer),
+        credits_used=_param("credits_used", JOBS.c.credits_used),
+        credits_saved=_param("credits_saved", JOBS.c.credits_saved),
+        reused_from=_param("reused_from", JOBS.c.reused_from),
+        remaining_credits=_param("remaining_credits", JOBS.c.remaining_credits),
+        **_NO_REQUEST,
+    )
+    .returning(JOBS.c.callback_url, listened_to(JOBS.c.tenant_id))
+)
+_DELETE_OUTPUTS = delete(OUTPUTS).where(OUTPUTS.c.job_id == _param("job_id", OUTPUTS.c.job_id))
+
+
 def _store_success(
     session: Session,
     claim_: Claim,
     outputs: list[JobOutput],
     call: CallRecord | None,
-    **values: Any,
+    *,
+    credits_used: Decimal,
+    refund: int = 0,
+    credits_saved: Decimal = ZERO,
+    reused_from: uuid.UUID | None = None,
+    remaining_credits: Decimal | None = None,
 ) -> bool:
     """Mark the job succeeded with ``outputs`` (if this worker still holds it) and emit
     job.succeeded; the picture's identity goes with it, for later jobs to reuse."""
     done = session.execute(
-        _owned_update(
-            claim_,
-            status=JobStatus.SUCCEEDED,
-            finished_at=utcnow(),
-            error_code=None,
-            error_message=None,
-            waiting_reason=None,
-            reuse_key=claim_.reuse_key,
-            subject_locator=claim_.subject_locator,
-            **values,
-        ).returning(JOBS.c.callback_url, listened_to(JOBS.c.tenant_id))
+        _SUCCEEDED,
+        {
+            "job_id": claim_.job_id,
+            "token": claim_.token,
+            "now": utcnow(),
+            "reuse_key": claim_.reuse_key,
+            "subject_locator": claim_.subject_locator,
+            "refund": refund,
+            "credits_used": credits_used,
+            "credits_saved": credits_saved,
+            "reused_from": reused_from,
+            "remaining_credits": remaining_credits,
+        },
     ).one_or_none()
     if call is not None:
         _add_attempt(session, claim_, call, outcome="succeeded", counted=True)
     if done is None:
         log.warning("job %s lost its lease before finishing; outcome discarded", claim_.job_id)
         return False
-    session.execute(delete(OUTPUTS).where(OUTPUTS.c.job_id == claim_.job_id))
+    session.execute(_DELETE_OUTPUTS, {"job_id": claim_.job_id})
     session.execute(insert(OUTPUTS), [_output_row(output) for output in outputs])
     if done.callback_url or done.listened:
         # The event's payload is read back only when someone will receive it.
@@ -1092,23 +1155,33 @@ def output_uri(claim_: Claim, index: int, content_type: str, bucket: str) -> str
 def _add_attempt(
     session: Session, claim_: Claim, call: CallRecord, *, outcome: str, counted: bool
 ) -> None:
-    # Numbered by its place in the log: the attempt counter repeats (a retry resets it,
-    # a 406 or 429 refunds it). Only the lease holder writes a job's attempts.
-    earlier = select(func.count()).select_from(ATTEMPTS).where(ATTEMPTS.c.job_id == claim_.job_id)
-    insert_attempt = insert(ATTEMPTS).values(
-        id=uuid.uuid4(),
-        job_id=claim_.job_id,
-        number=earlier.scalar_subquery() + 1,
-        counted=counted,
-        outcome=outcome,
-        http_status=call.http_status,
-        error_code=call.error.code if call.error else None,
-        error_message=call.error.message[:2000] if call.error else None,
-        upstream_request_id=call.request_id,
-        started_at=call.started_at,
-        finished_at=utcnow(),
+    session.execute(
+        _ATTEMPT,
+        {
+            "id": uuid.uuid4(),
+            "job_id": claim_.job_id,
+            "attempt_of": claim_.job_id,
+            "counted": counted,
+            "outcome": outcome,
+            "http_status": call.http_status,
+            "error_code": call.error.code if call.error else None,
+            "error_message": call.error.message[:2000] if call.error else None,
+            "upstream_request_id": call.request_id,
+            "started_at": call.started_at,
+            "finished_at": utcnow(),
+        },
     )
-    session.execute(insert_attempt)
+
+
+# Numbered by its place in the log: the attempt counter repeats (a retry resets it, a 406
+# or 429 refunds it). Only the lease holder writes a job's attempts. Built once.
+_ATTEMPT = insert(ATTEMPTS).values(
+    number=select(func.count())
+    .select_from(ATTEMPTS)
+    .where(ATTEMPTS.c.job_id == _param("attempt_of", ATTEMPTS.c.job_id))
+    .scalar_subquery()
+    + 1
+)
 
 
 @_outlive_db_restart
