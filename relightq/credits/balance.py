@@ -18,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import cast
 
-from sqlalchemy import Table, or_, update
+from sqlalchemy import Table, bindparam, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,25 @@ from relightq.webhooks.models import EventType
 log = logging.getLogger(__name__)
 
 
+_STATE = cast(Table, UpstreamState.__table__)
+# Built once (every success runs one): keep the reported balance unless a newer is known.
+_KEEP = (
+    update(_STATE)
+    .where(
+        _STATE.c.id == 1,
+        or_(
+            _STATE.c.credits_seen_at.is_(None),
+            _STATE.c.credits_seen_at <= bindparam("seen_at", type_=_STATE.c.credits_seen_at.type),
+        ),
+    )
+    .values(
+        remaining_credits=bindparam("remaining", type_=_STATE.c.remaining_credits.type),
+        credits_seen_at=bindparam("seen_at", type_=_STATE.c.credits_seen_at.type),
+    )
+)
+_KEEP_AND_REARM = _KEEP.values(credits_low_since=None)
+
+
 def record_balance(
     session: Session, remaining: Decimal, seen_at: datetime, settings: Settings
 ) -> bool:
@@ -40,16 +59,10 @@ def record_balance(
     True when this report sent the ``credits.low`` warning."""
     threshold = settings.credit_warn_below
     at_or_above = threshold is not None and remaining >= threshold
-    values: dict[str, object] = {"remaining_credits": remaining, "credits_seen_at": seen_at}
-    if at_or_above:
-        values["credits_low_since"] = None  # a top-up re-arms the warning, in the same write
+    # A top-up re-arms the warning, in the same write.
     newest = session.execute(
-        update(cast(Table, UpstreamState.__table__))  # Core: no ORM bulk machinery per job
-        .where(UpstreamState.id == 1)
-        .where(
-            or_(UpstreamState.credits_seen_at.is_(None), UpstreamState.credits_seen_at <= seen_at)
-        )
-        .values(**values)
+        _KEEP_AND_REARM if at_or_above else _KEEP,
+        {"remaining": remaining, "seen_at": seen_at},
     )
     if not newest.rowcount or threshold is None or at_or_above:  # type: ignore[attr-defined]
         return False

@@ -23,9 +23,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from functools import cache
 from typing import cast
 
-from sqlalchemy import ColumnElement, ScalarSelect, Table, func, select, update
+from sqlalchemy import ColumnElement, Executable, ScalarSelect, Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -166,15 +167,20 @@ def add_to_month(session: Session, tenant_id: uuid.UUID, credits: Decimal, when:
     """Count credits a job spent against its tenant's month (one upsert)."""
     if not credits:
         return
-    # On the table, not the class: the ORM's bulk machinery costs more than the upsert.
-    insert = _insert(session)(cast(Table, TenantCreditMonth.__table__)).values(
-        tenant_id=tenant_id, month=month_of(when), credits_used=credits
-    )
     session.execute(
-        insert.on_conflict_do_update(
-            index_elements=["tenant_id", "month"],
-            set_={"credits_used": TenantCreditMonth.credits_used + credits},
-        )
+        _month_upsert(session.get_bind().dialect.name),
+        {"tenant_id": tenant_id, "month": month_of(when), "credits_used": credits},
+    )
+
+
+@cache
+def _month_upsert(dialect: str) -> Executable:
+    """The upsert adding to a tenant's month, built once per dialect: every success runs it."""
+    months = cast(Table, TenantCreditMonth.__table__)
+    insert = (postgresql.Insert if dialect == "postgresql" else sqlite.Insert)(months)
+    return insert.on_conflict_do_update(
+        index_elements=["tenant_id", "month"],
+        set_={"credits_used": months.c.credits_used + insert.excluded.credits_used},
     )
 
 

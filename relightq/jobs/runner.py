@@ -197,7 +197,9 @@ _CLAIM = (
     .where(
         JOBS.c.id == _param("job_id", JOBS.c.id),
         or_(
-            JOBS.c.status.in_([JobStatus.QUEUED, JobStatus.WAITING]),
+            # Not IN (...): an IN list is re-rendered into the SQL at every execution.
+            JOBS.c.status == JobStatus.QUEUED,
+            JOBS.c.status == JobStatus.WAITING,
             (JOBS.c.status == JobStatus.RUNNING)
             & (JOBS.c.lease_expires_at < _param("now", JOBS.c.started_at)),
         ),
