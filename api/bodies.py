@@ -62,8 +62,9 @@ class BodyKind(StrEnum):
     MULTIPART = "multipart/form-data"
 
 
-def body_kind(request: Request) -> BodyKind:
-    """Content negotiation for the create routes: a JSON or a multipart body, else 415."""
+async def body_kind(request: Request) -> BodyKind:
+    """Content negotiation for the create routes: a JSON or a multipart body, else 415
+    (async: a sync dependency costs a worker-thread hop)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         return BodyKind(content_type)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -21,7 +22,7 @@ _api_key_header = APIKeyHeader(name="x-api-key", auto_error=False, description="
 _bearer = HTTPBearer(auto_error=False, description="relightq API key as a bearer token")
 
 
-def get_session() -> Iterator[Session]:
+async def get_session() -> AsyncIterator[Session]:
     """A session for one request, and the one place its transaction is committed.
 
     The route runs and its answer is built; then this commits, before the answer is sent
@@ -31,14 +32,32 @@ def get_session() -> Iterator[Session]:
     ``enqueue_after_commit`` are sent by this commit and dropped by the rollback.
     Routes commit themselves only where an answer must wait on committed work
     (``Prefer: wait``).
+
+    Async, with the commit and close in one worker-thread hop: a sync generator costs a
+    hop to open (a session connects only at its first statement) and another to close.
     """
     session = get_sessionmaker()()
     try:
         yield session
+    except BaseException:
+        await run_in_threadpool(_roll_back_and_close, session)
+        raise
+    await run_in_threadpool(_commit_and_close, session)
+
+
+def _commit_and_close(session: Session) -> None:
+    try:
         session.commit()
     except BaseException:
         session.rollback()
         raise
+    finally:
+        session.close()
+
+
+def _roll_back_and_close(session: Session) -> None:
+    try:
+        session.rollback()
     finally:
         session.close()
 
@@ -81,4 +100,11 @@ def get_explicit_session() -> Iterator[Session]:
 
 ExplicitSession = Annotated[Session, Depends(get_explicit_session, scope="function")]
 CurrentTenant = Annotated[Tenant, Depends(current_tenant)]
-CurrentStorage = Annotated[Storage, Depends(get_storage)]
+
+
+async def current_storage() -> Storage:
+    """The process's store (built once; async: no worker-thread hop to read a cache)."""
+    return get_storage()
+
+
+CurrentStorage = Annotated[Storage, Depends(current_storage)]

@@ -4,7 +4,7 @@ submission")."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,10 +90,11 @@ class Idempotency:
         remember(self.db, self.tenant_id, self.key, status_code, answer, location)
 
 
-def idempotency_for(endpoint: str) -> Callable[..., Idempotency]:
+def idempotency_for(endpoint: str) -> Callable[..., Awaitable[Idempotency]]:
     """The dependency giving a create route on ``endpoint`` its Idempotency."""
 
-    def idempotency(request: Request, tenant: CurrentTenant, db: DbSession) -> Idempotency:
+    # Async: it only reads a header (a sync dependency costs a worker-thread hop).
+    async def idempotency(request: Request, tenant: CurrentTenant, db: DbSession) -> Idempotency:
         return Idempotency(db, tenant.id, key_of(request.headers), endpoint)
 
     return idempotency

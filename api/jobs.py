@@ -180,7 +180,8 @@ async def create_job(
         return job  # the first answer to this Idempotency-Key
     view = service.job_view(job, storage)
     location = f"/v1/jobs/{job.id}"
-    await run_in_threadpool(idempotency.remember, 202, view, location)
+    if idempotency.key is not None:  # else nothing to keep, and no worker-thread hop
+        await run_in_threadpool(idempotency.remember, 202, view, location)
     response.headers["Location"] = location
     wait = prefer_wait(request.headers.get("prefer"))
     if wait is None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, Table, insert, inspect, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from relightq.broker import Queue, TaskName, enqueue_after_commit
+from relightq.credits.amounts import ZERO
 from relightq.db import utcnow
 from relightq.errors import (
     BatchCancelled,
@@ -93,6 +94,22 @@ def _new_job(tenant_id: uuid.UUID, options: JobOptions, subject: str, job_id: uu
     )
 
 
+_JOBS = cast(Table, Job.__table__)
+_JOB_COLUMNS = [(prop.key, prop.columns[0].name) for prop in inspect(Job).column_attrs]
+
+
+def _insert_job(session: Session, job: Job) -> None:
+    """INSERT a new job with one Core statement, and give the object the values its view
+    reads. The unit of work's flush cost more CPU than the rest of a submit's database
+    work together (py-spy, bench.overhead); the job has no related rows to order."""
+    now = utcnow()
+    job.created_at = job.updated_at = job.dispatched_at = now
+    job.attempts = job.upstream_resubmits = 0
+    job.credits_used = job.credits_saved = job.credits_reserved = ZERO
+    values = {name: job.__dict__[key] for key, name in _JOB_COLUMNS if key in job.__dict__}
+    session.execute(insert(_JOBS), values)
+
+
 def foreign_subject_problem(
     session: Session, tenant_id: uuid.UUID, subject: str, bucket: str
 ) -> FieldProblem | None:
@@ -124,8 +141,7 @@ def create_job(session: Session, tenant_id: uuid.UUID, request: JobCreate, bucke
     if problem:
         raise InvalidInput([problem])
     job = _new_job(tenant_id, request, request.subject_image, uuid.uuid4())
-    session.add(job)
-    session.flush()
+    _insert_job(session, job)
     publish_job(session, job.id, job.priority)
     return job
 
@@ -158,8 +174,7 @@ def create_job_with_upload(
     extension = EXTENSIONS[content_type]
     uri = storage.put(input_key(tenant_id, job_id, extension), data, content_type)
     job = _new_job(tenant_id, options, uri, job_id)
-    session.add(job)
-    session.flush()
+    _insert_job(session, job)
     publish_job(session, job.id, job.priority)
     return job
 
