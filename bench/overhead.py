@@ -12,6 +12,9 @@ server (the deployment's), with the same number of worker threads:
    and marks the row done.
 2. relightq single jobs: N jobs POSTed over HTTP by ``--clients`` threads.
 3. relightq one batch of N items.
+4. All three again with the simulator answering after ``--slow-latency`` seconds (1 s)
+   and C = ``--cap`` calls in flight (the bare worker gets C threads): jobs/s as a share
+   of the ideal C / L, submission included (``--slow-jobs``, 200 each).
 
 Every relightq job asks for a new picture (``reuse: false``): a copy would skip the
 work the bare pipeline does. Jobs/s run from the first submit to the last job finished
@@ -19,7 +22,8 @@ work the bare pipeline does. Jobs/s run from the first submit to the last job fi
 its children) over that span, per job; the submitting side is the CPU time of the
 submitting threads alone (not of the waiting). Optionally (``--acceptance``) the API's
 acceptance rate with the worker stopped (SIGSTOP), which the singles run also reports
-with the worker busy.
+with the worker busy. ``--profile DIR`` records py-spy samples of the API and worker
+during relightq's runs, to see where their CPU goes.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ BUCKET_ENV = "OVERHEAD_BUCKET"
 SUBJECT_BUCKET, SUBJECT_KEY = "shop", "p.png"
 FIELDS = {"prompt": "studio", "width": 256, "height": 256, "highres_scale": 1}
 FINAL = ("succeeded", "failed", "cancelled")
-THROUGHPUT_GOAL, CPU_GOAL = 0.85, 2.0
+THROUGHPUT_GOAL, CPU_GOAL, LATENCY_GOAL = 0.85, 2.0, 0.97
 
 app = Celery("bench_overhead")
 app.conf.update(
@@ -479,6 +483,27 @@ class Profiles:
             recorder.wait(60)
 
 
+def at_latency(
+    d: Deployment, workdir: Path, env: dict[str, str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Each side at L seconds per call with C calls in flight (the bare worker gets C
+    threads, relightq its fleet cap of C): jobs/s as a share of the ideal C / L."""
+    with d.simulator() as sim:
+        sim.post("/admin/config", json={"latency": args.slow_latency}).raise_for_status()
+    ideal = args.cap / args.slow_latency
+    try:
+        with BarePipeline(workdir, env, args.cap) as bare:
+            runs = {"bare_celery": bare.run(args.slow_jobs)}
+        runs["relightq_singles"] = relightq_singles(d, args.slow_jobs, args.clients)
+        runs["relightq_batch"] = relightq_batch(d, args.slow_jobs)
+    finally:
+        with d.simulator() as sim:
+            sim.post("/admin/config", json={"latency": args.latency}).raise_for_status()
+    for run in runs.values():
+        run["of_ideal"] = round(run["jobs_per_s"] / ideal, 3)
+    return {"latency_s": args.slow_latency, "cap": args.cap, "jobs": args.slow_jobs, **runs}
+
+
 # --- the run ---------------------------------------------------------------------------
 
 
@@ -536,6 +561,13 @@ def main() -> None:
         default="v1",
         help="Segmind's API relightq uses (v1, one call per job, as the bare pipeline)",
     )
+    parser.add_argument(
+        "--slow-jobs",
+        type=int,
+        default=200,
+        help="jobs of each side at --slow-latency (0: skip), measured against C/L",
+    )
+    parser.add_argument("--slow-latency", type=float, default=1.0)
     parser.add_argument(
         "--acceptance", action="store_true", help="also the API's rate with the worker stopped"
     )
@@ -607,12 +639,22 @@ def main() -> None:
             "singles": _ratios(results["bare_celery"], results["relightq_singles"]),
             "batch": _ratios(results["bare_celery"], results["relightq_batch"]),
         }
+        if args.slow_jobs:
+            results["at_latency"] = at_latency(d, workdir, env, args)
         if args.acceptance:
             with Profiles(d, args.profile, "acceptance", args.profile_format):
                 results["acceptance_workers_stopped"] = acceptance_idle(d, args.jobs, args.clients)
     print(json.dumps(results, indent=2))
     print()
     print(_table(results))
+    if "at_latency" in results:
+        slow = results["at_latency"]
+        print(
+            f"At L = {slow['latency_s']} s, C = {slow['cap']} ({slow['jobs']} jobs, submission "
+            f"included), jobs/s / (C/L): bare {slow['bare_celery']['of_ideal']}, relightq "
+            f"singles {slow['relightq_singles']['of_ideal']}, batch "
+            f"{slow['relightq_batch']['of_ideal']} (goal >= {LATENCY_GOAL})"
+        )
     if "acceptance_workers_stopped" in results:
         a = results["acceptance_workers_stopped"]
         print(
