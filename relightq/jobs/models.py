@@ -93,6 +93,13 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
+        # A batch's items by row: manifests, cancels and the gallery read pages of them.
+        Index(
+            "ix_jobs_batch_row",
+            "batch_id",
+            "batch_row",
+            postgresql_where=text("batch_id IS NOT NULL"),
+        ),
         # The batch's held items in submission order: what the dispatcher releases next.
         Index(
             "ix_jobs_batch_held",
