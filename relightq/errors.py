@@ -394,9 +394,34 @@ def shown(text: str) -> str:
     return UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def _storable_text(text: str) -> bool:
+    # ASCII text holds no surrogate; the regex is only needed past it.
+    if text.isascii():
+        return "\x00" not in text
+    return UNSTORABLE.search(text) is None
+
+
+def is_storable(value: Any) -> bool:
+    """True when no key or string in ``value`` holds NUL or a lone surrogate: the common
+    answer, found without naming paths (a batch asks it of every row)."""
+    if isinstance(value, str):
+        return _storable_text(value)
+    if isinstance(value, dict):
+        return all(_storable_text(str(key)) and is_storable(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(is_storable(item) for item in value)
+    return True
+
+
 def unstorable_field(value: Any, path: str = "", whole: str = "body") -> FieldProblem | None:
     """The first key or string (in document order) holding NUL or a lone surrogate, as a
     problem named by its dotted path below ``path`` (``whole`` names a bare string)."""
+    if is_storable(value):
+        return None  # the common answer; the walk below names the first one found
+    return _first_unstorable(value, path, whole)
+
+
+def _first_unstorable(value: Any, path: str, whole: str) -> FieldProblem | None:
     if isinstance(value, str):
         message = unstorable_message(value)
         return None if message is None else FieldProblem(path or whole, message)
@@ -407,12 +432,13 @@ def unstorable_field(value: Any, path: str = "", whole: str = "body") -> FieldPr
             message = unstorable_message(text)
             if message is not None:
                 return FieldProblem(here, message)
-            found = unstorable_field(item, here)
+            found = _first_unstorable(item, here, whole)
             if found:
                 return found
     if isinstance(value, list):
         for index, item in enumerate(value):
-            found = unstorable_field(item, f"{path}[{index}]" if path else f"[{index}]")
+            where = f"{path}[{index}]" if path else f"[{index}]"
+            found = _first_unstorable(item, where, whole)
             if found:
                 return found
     return None

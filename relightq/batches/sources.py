@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from relightq.batches.schemas import ALLOWED
-from relightq.errors import FieldProblem, InvalidInput
+from relightq.errors import FieldProblem, InvalidInput, is_storable
 from relightq.jobs.schemas import JobCreate
 from relightq.json_input import parse_json
 from relightq.storage import Storage, StoredObject, parse_s3_prefix
@@ -31,6 +31,9 @@ class RawItem:
     fields: dict[str, Any]
     source_key: str | None = None
     problem: FieldProblem | None = None
+    # The source already found no NUL or lone surrogate in any of its text (so the
+    # per-row walk that names such a field can be skipped).
+    storable: bool = False
 
 
 def json_items(items: Iterable[Any]) -> Iterator[RawItem]:
@@ -59,7 +62,7 @@ def jsonl_items(binary: IO[bytes]) -> Iterator[RawItem]:
             yield RawItem(row, {}, problem=exc.fields[0])
             continue
         if isinstance(item, dict):
-            yield RawItem(row, item)
+            yield RawItem(row, item, storable=True)  # parse_json refuses such text
         else:
             yield RawItem(row, {}, problem=_not_an_object())
 
@@ -100,6 +103,7 @@ def csv_items(binary: IO[bytes]) -> Iterator[RawItem]:
         )
     if problems:
         raise InvalidInput(problems)
+    header_storable = is_storable(columns)  # metadata.<key> columns name keys
     for row, cells in enumerate(records, start=1):
         if isinstance(cells, csv.Error):
             yield RawItem(row, {}, problem=FieldProblem("item", f"cannot be read as CSV ({cells})"))
@@ -109,7 +113,9 @@ def csv_items(binary: IO[bytes]) -> Iterator[RawItem]:
         if len(cells) > len(columns):
             yield RawItem(row, {}, problem=FieldProblem("item", "has more cells than the header"))
             continue
-        yield _csv_item(row, columns, cells)
+        # One look at the joined cells: joining makes no NUL or surrogate and hides none.
+        storable = header_storable and is_storable("".join(cells))
+        yield _csv_item(row, columns, cells, storable)
 
 
 def _records(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
@@ -124,7 +130,7 @@ def _records(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
             yield exc
 
 
-def _csv_item(row: int, columns: list[str], cells: list[str]) -> RawItem:
+def _csv_item(row: int, columns: list[str], cells: list[str], storable: bool) -> RawItem:
     fields: dict[str, Any] = {}
     metadata: dict[str, Any] = {}
     for name, cell in zip(columns, cells, strict=False):
@@ -146,7 +152,7 @@ def _csv_item(row: int, columns: list[str], cells: list[str]) -> RawItem:
             fields[name] = value
     if metadata:
         fields["metadata"] = metadata
-    return RawItem(row, fields)
+    return RawItem(row, fields, storable=storable)
 
 
 def prefix_items(
