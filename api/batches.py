@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from typing import IO, Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
@@ -345,9 +345,13 @@ def update_batch(
     summary="Cancel a batch",
     responses=authenticated(NotFound),
 )
-def cancel_batch(batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession) -> BatchOut:
+def cancel_batch(
+    batch_id: uuid.UUID, tenant: CurrentTenant, db: DbSession, background: BackgroundTasks
+) -> BatchOut:
     """Items not yet running are cancelled; running ones finish."""
-    batch = service.cancel_batch(db, tenant.id, batch_id)
+    batch, held_left = service.cancel_batch(db, tenant.id, batch_id)
+    if held_left:  # after the commit: the rows of a big batch, a chunk at a time
+        background.add_task(service.finish_cancel, get_sessionmaker(), batch_id)
     return service.batch_view(db, batch)
 
 

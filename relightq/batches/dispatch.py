@@ -22,12 +22,19 @@ from relightq.batches.models import Batch
 from relightq.credits.budgets import reserved_in_batch
 from relightq.db import utcnow
 from relightq.jobs.models import FINAL_STATUSES, IN_FLIGHT_STATUSES, Job, JobStatus, held_by_batch
-from relightq.jobs.service import publish_job
+from relightq.jobs.service import cancelled_values, publish_job
 from relightq.settings import get_settings
 from relightq.webhooks.events import emit
 from relightq.webhooks.models import EventType
 
 log = logging.getLogger(__name__)
+
+# A batch is unfinished while an item is in one of these (so they can be asked by name).
+assert set(JobStatus) == FINAL_STATUSES | set(IN_FLIGHT_STATUSES)
+
+# Held items cancelled per statement: a cancel answers after the first chunk, and the
+# rest of a big batch is cancelled a chunk per transaction after the answer.
+CANCEL_CHUNK = 20_000
 
 
 def budget_spent(batch: Batch) -> bool:
@@ -92,7 +99,8 @@ def release(session: Session, batch_id: uuid.UUID) -> int:
 
 def mark_completed(session: Session, batch_id: uuid.UUID) -> bool:
     """Record that the batch has nothing left to run; True when this call recorded it."""
-    unfinished = exists().where(Job.batch_id == batch_id, Job.status.not_in(FINAL_STATUSES))
+    # The statuses that are not final, named: the index on (batch_id, status) finds them.
+    unfinished = exists().where(Job.batch_id == batch_id, Job.status.in_(IN_FLIGHT_STATUSES))
     done = session.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.completed_at.is_(None), ~unfinished)
@@ -161,9 +169,38 @@ def add_credits(session: Session, batch_id: uuid.UUID, credits: Decimal) -> None
     )
 
 
+def cancel_held(session: Session, batch_id: uuid.UUID, after: int, limit: int) -> int | None:
+    """Cancel the next ``limit`` held items of a batch by row, after row ``after``; the
+    last row cancelled, or None when none was left. Rows another transaction holds are
+    skipped (a release, or a second canceller): whoever holds them settles them."""
+    chunk = (
+        select(Job.id)
+        .where(Job.batch_id == batch_id, held_by_batch(), Job.batch_row > after)
+        .order_by(Job.batch_row)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(chunk))
+        .values(cancelled_values(utcnow()))
+        .returning(Job.batch_row)
+        .execution_options(synchronize_session=False)
+    ).scalars()
+    return max((row or 0 for row in rows), default=None)
+
+
 def settle_open_batches(session: Session) -> int:
-    """The sweeper's repair: settle every batch not yet completed; returns how many."""
-    batch_ids = list(session.scalars(select(Batch.id).where(Batch.completed_at.is_(None))))
-    for batch_id in batch_ids:
+    """The sweeper's repair: settle every batch not yet completed; returns how many.
+
+    A cancelled batch whose held items were still being cancelled (after the answer, a
+    chunk at a time) when its canceller stopped has the next chunk cancelled here."""
+    open_batches = session.execute(
+        select(Batch.id, Batch.cancelled_at).where(Batch.completed_at.is_(None))
+    ).all()
+    for batch_id, cancelled_at in open_batches:
+        if cancelled_at is not None:
+            cancel_held(session, batch_id, 0, CANCEL_CHUNK)
         settle(session, batch_id)
-    return len(batch_ids)
+    return len(open_batches)

@@ -19,15 +19,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
+from operator import attrgetter
 from typing import Any, cast
 from urllib.parse import urlparse
 
 from pydantic import ValidationError
-from sqlalchemy import Table, case, func, insert, select, update
+from sqlalchemy import Table, case, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
+from relightq.batches.bulk import CopyStream, RowWriter
 from relightq.batches.dispatch import (
+    CANCEL_CHUNK,
     budget_spent,
+    cancel_held,
     mark_completed,
     release,
     reopen,
@@ -60,15 +65,22 @@ from relightq.errors import (
     field_problems,
     unstorable_field,
 )
-from relightq.jobs.models import Job, JobStatus, held_by_batch
+from relightq.jobs.models import Job, JobOutput, JobStatus, held_by_batch
 from relightq.jobs.schemas import JobCreate
 from relightq.jobs.service import cancelled_values, foreign_subject_problem, rerun_values
 from relightq.pagination import newest_first, page
+from relightq.segmind.params import PARAM_FIELDS
 from relightq.settings import Settings
 from relightq.storage import Storage, StorageError, parse_s3_prefix
-from relightq.tenants.service import ungranted_bucket_problem
+from relightq.tenants.service import ungranted_bucket_problem, usable_buckets
 
-INSERT_CHUNK = 2000
+# Rows written per COPY (or INSERT): big enough that a statement's round trip is noise,
+# small enough that a chunk's dicts and text stay a few MB.
+INSERT_CHUNK = 5000
+PARAM_VALUES = attrgetter(*(name for name in JobCreate.model_fields if name in PARAM_FIELDS))
+# Distinct parameter sets remembered with their JSON during one ingest (most catalogs
+# use a handful); past this the memory is cleared, not grown.
+PARAMS_MEMO_SIZE = 1024
 # Single jobs default to priority 5; bulk work yields to them unless told otherwise.
 BATCH_DEFAULT_PRIORITY = 4
 MAX_KEY_BYTES = 1024  # S3's limit
@@ -94,6 +106,11 @@ class _Ingest:
     keys: dict[str, int] = field(default_factory=dict)
     batch_keeps_rejects: bool = False
     planned: list[PlannedItem] = field(default_factory=list)  # a dry run's valid items
+    now: datetime = field(default_factory=utcnow)
+    params_memo: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+    stream: CopyStream | None = None  # where valid items and kept rejects are written
+    job_rows: RowWriter | None = None  # JOB_ROWS with what every item shares
+    reject_rows: RowWriter | None = None
 
 
 def _settings_problems(
@@ -218,26 +235,46 @@ def _ingest(
         )
         key_template = key_template or DEFAULT_KEY_TEMPLATE
     state = _Ingest(batch, settings, output_prefix, key_template, dry_run=dry_run)
+    state.job_rows = JOB_ROWS.bound(
+        {
+            "tenant_id": tenant_id,
+            "batch_id": batch.id,
+            "status": JobStatus.QUEUED,
+            "attempts": 0,
+            "credits_used": ZERO,
+            # Every item of a batch is created at the same moment.
+            "created_at": state.now,
+            "updated_at": state.now,
+            "dispatched_at": None,  # held: the batch releases it
+        }
+    )
+    state.reject_rows = REJECT_ROWS.bound({"batch_id": batch.id})
     # A dry run keeps no rejects: they are only counted.
     state.batch_keeps_rejects = spec.skip_invalid and not dry_run
+    # Validation reads the tenant's granted buckets; read them now, before a COPY holds
+    # the connection (they are remembered for the session).
+    usable_buckets(session, tenant_id)
     try:
-        for item in items:
-            state.rows += 1
-            if state.rows > settings.max_batch_items:
-                raise TooManyItems(settings.max_batch_items)
-            _take(session, state, item, spec, storage)
+        with CopyStream(session) as state.stream:
+            for item in items:
+                state.rows += 1
+                if state.rows > settings.max_batch_items:
+                    raise TooManyItems(settings.max_batch_items)
+                _take(session, state, item, spec, storage)
+            if state.bad_rows and not spec.skip_invalid:
+                raise BatchRejected(state.problems, state.bad_rows, state.rows)
+            if not state.valid:
+                what = "no valid items" if state.rows else "no items"
+                raise InvalidInput(
+                    [FieldProblem("items", f"the batch has {what}", ALLOWED["items"])]
+                )
+            _flush(session, state)
     except UnicodeDecodeError as exc:
         raise InvalidInput([FieldProblem("file", "is not UTF-8 text", ALLOWED["file"])]) from exc
     except StorageError as exc:
         raise InvalidInput(
             [FieldProblem("source", f"could not be listed ({exc})", ALLOWED["source"])]
         ) from exc
-    if state.bad_rows and not spec.skip_invalid:
-        raise BatchRejected(state.problems, state.bad_rows, state.rows)
-    if not state.valid:
-        what = "no valid items" if state.rows else "no items"
-        raise InvalidInput([FieldProblem("items", f"the batch has {what}", ALLOWED["items"])])
-    _flush(session, state)
     return state
 
 
@@ -247,7 +284,7 @@ def _take(
     job_id = uuid.uuid4()
     problems = [item.problem] if item.problem else []
     # Every source's fields, whatever decoded them (CSV cells may hold NUL).
-    unstorable = unstorable_field(item.fields)
+    unstorable = None if item.storable else unstorable_field(item.fields)
     if unstorable and not problems:
         problems.append(unstorable)
     request: JobCreate | None = None
@@ -284,31 +321,64 @@ def _take(
     state.valid += 1
     if state.bad_rows and not spec.skip_invalid:
         return  # the batch will be rejected; keep validating to list every bad row
-    now = utcnow()
+    # What every item of the batch shares is in state.job_rows (_job_constants).
     state.jobs.append(
         {
             "id": job_id,
-            "tenant_id": state.batch.tenant_id,
-            "batch_id": state.batch.id,
             "batch_row": item.row,
-            "status": JobStatus.QUEUED,
-            "params": request.relight_params().model_dump(),
+            "params": _params(state, request),
             "subject_image": request.subject_image,
             "external_id": request.external_id,
             "metadata": request.metadata,
             "callback_url": request.callback_url,
             "priority": request.priority,
-            "attempts": 0,
-            "credits_used": ZERO,
             "reuse": request.reuse and spec.reuse,
-            "created_at": now,
-            "updated_at": now,
-            "dispatched_at": None,
             "output_template": template,
         }
     )
     if len(state.jobs) + len(state.rejects) >= INSERT_CHUNK:
         _flush(session, state)
+
+
+JOB_ROWS = RowWriter(
+    cast(Table, Job.__table__),
+    (
+        "id",
+        "tenant_id",
+        "batch_id",
+        "batch_row",
+        "status",
+        "params",
+        "subject_image",
+        "external_id",
+        "metadata",
+        "callback_url",
+        "priority",
+        "attempts",
+        "credits_used",
+        "reuse",
+        "created_at",
+        "updated_at",
+        "dispatched_at",
+        "output_template",
+    ),
+)
+REJECT_ROWS = RowWriter(
+    cast(Table, BatchReject.__table__),
+    ("id", "batch_id", "row", "external_id", "subject_image", "problems"),
+)
+
+
+def _params(state: _Ingest, request: JobCreate) -> dict[str, Any]:
+    """``request.relight_params().model_dump()``, without validating the validated fields
+    again; rows with the same parameters share one dict (and so one JSON encoding)."""
+    key = PARAM_VALUES(request)
+    params = state.params_memo.get(key)
+    if params is None:
+        if len(state.params_memo) >= PARAMS_MEMO_SIZE:
+            state.params_memo.clear()
+        params = state.params_memo[key] = request.model_dump(include=set(PARAM_FIELDS))
+    return params
 
 
 def _reject(state: _Ingest, item: RawItem, problems: list[FieldProblem]) -> None:
@@ -322,7 +392,6 @@ def _reject(state: _Ingest, item: RawItem, problems: list[FieldProblem]) -> None
     state.rejects.append(
         {
             "id": uuid.uuid4(),
-            "batch_id": state.batch.id,
             "row": item.row,
             "external_id": _text(item.fields.get("external_id")),
             "subject_image": _text(item.fields.get("subject_image")),
@@ -344,12 +413,11 @@ def _flush(session: Session, state: _Ingest) -> None:
         ]
         state.jobs.clear()
         return
-    if state.jobs:
-        session.execute(insert(cast(Table, Job.__table__)), state.jobs)
-        state.jobs.clear()
-    if state.rejects:
-        session.execute(insert(cast(Table, BatchReject.__table__)), state.rejects)
-        state.rejects.clear()
+    assert state.stream is not None and state.job_rows and state.reject_rows
+    state.stream.write(state.job_rows, state.jobs)
+    state.jobs.clear()
+    state.stream.write(state.reject_rows, state.rejects)
+    state.rejects.clear()
 
 
 def _escape(value: str) -> str:
@@ -522,6 +590,11 @@ def batch_views(session: Session, batches: list[Batch]) -> list[BatchOut]:
 
 def _view(batch: Batch, tally: _Tally, now: datetime) -> BatchOut:
     counts = BatchCounts(**tally.counts)
+    if batch.cancelled_at is not None:
+        # Items of a cancelled batch still queued are the held ones not yet brought up to
+        # date (finish_cancel): none of them will run.
+        counts.cancelled += counts.queued + counts.waiting
+        counts.queued = counts.waiting = 0
     final = counts.succeeded + counts.failed + counts.cancelled
     remaining = max(batch.total - final, 0)
     since = max(now - PACE_WINDOW, batch.created_at)
@@ -574,16 +647,28 @@ def _view(batch: Batch, tally: _Tally, now: datetime) -> BatchOut:
     )
 
 
-def cancel_batch(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch:
-    """Cancel every item not yet running; running items finish. Idempotent."""
+def cancel_batch(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> tuple[Batch, bool]:
+    """Cancel every item not yet running; running items finish. Idempotent.
+
+    The items sent to the broker and the first held ones are cancelled here; so is the
+    batch, which keeps the rest from ever being sent (``release`` sends nothing of a
+    cancelled batch, a worker claiming an item of one cancels it) and counts them as
+    cancelled. True with the batch when held items are left for :func:`finish_cancel`
+    to bring up to date after the commit, a chunk at a time (one UPDATE of a million rows
+    would keep the answer waiting for minutes)."""
     batch = get_batch(session, tenant_id, batch_id)
     now = utcnow()
     # Items first, then the batch row: the same lock order as a worker finishing an item.
     session.execute(
         update(Job)
-        .where(Job.batch_id == batch_id, Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]))
+        .where(
+            Job.batch_id == batch_id,
+            Job.dispatched_at.is_not(None),
+            Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]),
+        )
         .values(cancelled_values(now))
     )
+    last = cancel_held(session, batch_id, 0, CANCEL_CHUNK)
     session.execute(
         update(Batch)
         # A batch that already completed stays completed: nothing was left to cancel.
@@ -592,7 +677,18 @@ def cancel_batch(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) ->
     )
     mark_completed(session, batch_id)
     session.refresh(batch)
-    return batch
+    return batch, last is not None and batch.completed_at is None
+
+
+def finish_cancel(session_factory: Callable[[], Session], batch_id: uuid.UUID) -> None:
+    """Cancel a cancelled batch's held items left by :func:`cancel_batch`, a chunk per
+    transaction, then record the batch done (the sweeper repairs what this leaves)."""
+    after: int | None = 0
+    while after is not None:
+        with session_factory() as session, session.begin():
+            after = cancel_held(session, batch_id, after, CANCEL_CHUNK)
+    with session_factory() as session, session.begin():
+        mark_completed(session, batch_id)
 
 
 def retry_failed(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> int:
@@ -647,11 +743,32 @@ RESULT_COLUMNS = (
     "error_code",
     "error_message",
 )
-MANIFEST_CHUNK = 1000
+# Rows read per query, each page by its own short session (no transaction is held open
+# while a client reads slowly); the next page starts after the last row, by index.
+MANIFEST_CHUNK = 5000
+# Rows per piece of the streamed body: one piece per row would cost a thread hop each.
+STREAM_ROWS = 500
 CSV_LIST_SEPARATOR = " | "
+_MANIFEST_JSON = json.JSONEncoder(ensure_ascii=False, default=json_default)
+# Most items cost one of a few amounts: each written once.
+_amount_text = lru_cache(maxsize=1024)(as_text)
+_RESULT_FIELDS = (
+    Job.id,
+    Job.batch_row,
+    Job.external_id,
+    Job.subject_image,
+    Job.status,
+    Job.attempts,
+    Job.credits_used,
+    Job.credits_saved,
+    Job.reused_from,
+    Job.error_code,
+    Job.error_message,
+)
 
 
-def _result_row(job: Job, storage: Storage) -> dict[str, Any]:
+def _result_row(job: Any, outputs: list[tuple[int, str]], storage: Storage) -> dict[str, Any]:
+    """A job's manifest row from its columns (``_RESULT_FIELDS``) and its outputs."""
     return {
         "row": job.batch_row,
         "job_id": str(job.id),
@@ -663,7 +780,7 @@ def _result_row(job: Job, storage: Storage) -> dict[str, Any]:
         "credits_saved": job.credits_saved,
         "reused_from": None if job.reused_from is None else str(job.reused_from),
         "outputs": [
-            {"index": o.index, "s3_uri": o.uri, "url": storage.url(o.uri)} for o in job.outputs
+            {"index": index, "s3_uri": uri, "url": storage.url(uri)} for index, uri in outputs
         ],
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
     }
@@ -686,6 +803,23 @@ def _reject_row(reject: BatchReject) -> dict[str, Any]:
     }
 
 
+def _page_outputs(
+    session: Session, batch_id: uuid.UUID, after: int, last: int
+) -> dict[uuid.UUID, list[tuple[int, str]]]:
+    """The outputs of a batch's items in rows ``after`` < row <= ``last``, by index
+    (joined by row range: no list of thousands of ids to bind)."""
+    rows = session.execute(
+        select(JobOutput.job_id, JobOutput.index, JobOutput.uri)
+        .join(Job, Job.id == JobOutput.job_id)
+        .where(Job.batch_id == batch_id, Job.batch_row > after, Job.batch_row <= last)
+        .order_by(JobOutput.job_id, JobOutput.index)
+    )
+    found: dict[uuid.UUID, list[tuple[int, str]]] = {}
+    for job_id, index, uri in rows:
+        found.setdefault(job_id, []).append((index, uri))
+    return found
+
+
 def _job_rows(
     session_factory: Callable[[], Session],
     batch_id: uuid.UUID,
@@ -696,20 +830,20 @@ def _job_rows(
     while True:
         with session_factory() as session:
             query = (
-                select(Job)
+                select(*_RESULT_FIELDS)
                 .where(Job.batch_id == batch_id, Job.batch_row > after)
-                .options(selectinload(Job.outputs))
                 .order_by(Job.batch_row)
                 .limit(MANIFEST_CHUNK)
             )
             if statuses:
                 query = query.where(Job.status.in_(statuses))
-            jobs = list(session.scalars(query))
-            rows = [_result_row(job, storage) for job in jobs]
-        yield from rows
+            jobs = session.execute(query).all()
+            last = (jobs[-1].batch_row or 0) if jobs else after
+            outputs = _page_outputs(session, batch_id, after, last) if jobs else {}
+        yield from (_result_row(job, outputs.get(job.id, []), storage) for job in jobs)
         if len(jobs) < MANIFEST_CHUNK:
             return
-        after = jobs[-1].batch_row or 0
+        after = last
 
 
 def _reject_rows(
@@ -749,32 +883,52 @@ def manifest_rows(
     )
 
 
+def _pieces(lines: Iterable[str]) -> Iterator[str]:
+    """``lines`` joined a few hundred at a time."""
+    piece: list[str] = []
+    for line in lines:
+        piece.append(line)
+        if len(piece) >= STREAM_ROWS:
+            yield "".join(piece)
+            piece.clear()
+    if piece:
+        yield "".join(piece)
+
+
 def jsonl_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """A manifest as JSON Lines."""
-    for row in rows:
-        yield json.dumps(row, ensure_ascii=False, default=json_default) + "\n"
+    """A manifest as JSON Lines (yielded a few hundred lines at a time)."""
+    return _pieces(_MANIFEST_JSON.encode(row) + "\n" for row in rows)
 
 
 def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
-    """A manifest as CSV with a header; several outputs share a cell, joined by " | "."""
+    """A manifest as CSV with a header (yielded a few hundred lines at a time); several
+    outputs share a cell, joined by " | "."""
+    return _pieces(_csv_records(rows))
+
+
+def _csv_records(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, RESULT_COLUMNS)
-    writer.writeheader()
+    writer = csv.writer(buffer)
+    writer.writerow(RESULT_COLUMNS)
     for row in rows:
         error = row["error"] or {}
         writer.writerow(
-            {
-                **{k: row[k] for k in RESULT_COLUMNS[:6]},
-                "credits_used": as_text(row["credits_used"]),
-                "credits_saved": as_text(row["credits_saved"]),
-                "reused_from": row["reused_from"] or "",
-                "output_s3_uris": CSV_LIST_SEPARATOR.join(o["s3_uri"] for o in row["outputs"]),
-                "output_urls": CSV_LIST_SEPARATOR.join(o["url"] for o in row["outputs"]),
-                "error_code": error.get("code") or "",
-                "error_message": error.get("message") or "",
-            }
+            (
+                row["row"],
+                row["job_id"],
+                row["external_id"],
+                row["source"],
+                row["status"],
+                row["attempts"],
+                _amount_text(row["credits_used"]),
+                _amount_text(row["credits_saved"]),
+                row["reused_from"] or "",
+                CSV_LIST_SEPARATOR.join(o["s3_uri"] for o in row["outputs"]),
+                CSV_LIST_SEPARATOR.join(o["url"] for o in row["outputs"]),
+                error.get("code") or "",
+                error.get("message") or "",
+            )
         )
         yield buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
-    yield buffer.getvalue()
