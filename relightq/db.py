@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -110,6 +110,15 @@ def get_engine() -> Engine:
 def get_sessionmaker() -> sessionmaker[Session]:
     """Sessions that keep loaded values after commit (we return them after commit)."""
     return sessionmaker(get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def one_statement() -> Iterator[Connection]:
+    """A connection in autocommit for a unit of work that is one statement (a claim is one
+    conditional UPDATE): the statement is atomic on its own, and BEGIN and COMMIT would
+    be two more round trips. The pool puts the connection back in its usual mode."""
+    with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        yield connection
 
 
 @contextmanager

@@ -26,7 +26,16 @@ from decimal import Decimal
 from functools import cache
 from typing import cast
 
-from sqlalchemy import ColumnElement, Executable, ScalarSelect, Table, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Executable,
+    ScalarSelect,
+    Table,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -86,7 +95,9 @@ class Limits:
     batch_cancelled: bool
 
 
-def limits(session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID | None) -> Limits:
+def limits(
+    session: Session | Connection, tenant_id: uuid.UUID, batch_id: uuid.UUID | None
+) -> Limits:
     """The tenant's monthly cap and the job's batch's budget and cancellation."""
     row = session.execute(
         select(Tenant.monthly_credit_cap, Batch.credit_budget, Batch.cancelled_at)

@@ -32,6 +32,7 @@ from typing import Any, cast
 from sqlalchemy import (
     BindParameter,
     ColumnElement,
+    Connection,
     Integer,
     Table,
     and_,
@@ -55,7 +56,7 @@ from relightq.credits import budgets, reuse
 from relightq.credits.amounts import ZERO
 from relightq.credits.balance import record_balance, report_balance
 from relightq.credits.budgets import BUDGET_SPENT, Refusal, add_to_month, reserve
-from relightq.db import session_scope, utcnow
+from relightq.db import one_statement, session_scope, utcnow
 from relightq.jobs.models import (
     FINAL_STATUSES,
     Job,
@@ -243,7 +244,10 @@ _CLAIM = (
 
 
 def claim(
-    session: Session, job_id: uuid.UUID, lease_seconds: float, holder: str | None = None
+    session: Session | Connection,
+    job_id: uuid.UUID,
+    lease_seconds: float,
+    holder: str | None = None,
 ) -> Claim | None:
     """Take a job atomically, or None if it is final, due later, or leased to a live worker.
 
@@ -391,8 +395,8 @@ def _run_job(job_id: uuid.UUID, deps: RunnerDeps) -> None:
             return
         # Not parked: final, leased, not due, or a v2 request to go on polling; the
         # claim tells them apart, and a job with nothing submitted waits at the slot.
-    with session_scope() as session:
-        claim_ = claim(session, job_id, keeper.lease_seconds, str(keeper.holder))
+    with one_statement() as connection:
+        claim_ = claim(connection, job_id, keeper.lease_seconds, str(keeper.holder))
     if claim_ is None:
         log.info("job %s is not claimable (final, not due, leased, or missing); skipping", job_id)
         return
@@ -975,10 +979,13 @@ def _reserve_or_stop(
         # to jobs claimed after it is set). One transaction less per job.
         return None
     amount = deps.settings.segmind_credits_per_image * params.number_of_images
+    with one_statement() as connection:
+        known = budgets.limits(connection, claim_.tenant_id, claim_.batch_id)
+    if known.batch_cancelled:
+        return lambda: _cancel_claimed(claim_)
+    if known.budget is None and known.monthly_cap is None:
+        return None  # nothing to reserve against: no transaction
     with session_scope() as session:
-        known = budgets.limits(session, claim_.tenant_id, claim_.batch_id)
-        if known.batch_cancelled:
-            return lambda: _cancel_claimed(claim_)
         refusal = reserve(
             session,
             _still_ours(claim_),
