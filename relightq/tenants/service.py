@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from relightq.db import utcnow
 from relightq.errors import FieldProblem
 from relightq.settings import get_settings
+from relightq.tenants import known_keys
 from relightq.tenants.models import ApiKey, BucketGrant, Tenant
 
 KEY_PREFIX = "rq_"
@@ -47,16 +48,26 @@ def get_or_create_tenant(session: Session, name: str, *, operator: bool = False)
     if tenant is None:
         tenant = Tenant(name=name, is_operator=operator)
         session.add(tenant)
-    elif operator:
+    elif operator and not tenant.is_operator:
         tenant.is_operator = True
+        known_keys.changed_on_commit(session)
     session.flush()
     return tenant
 
 
 def authenticate(session: Session, key: str) -> Tenant | None:
-    """The tenant owning an unrevoked ``key``, or None."""
+    """The tenant owning an unrevoked ``key``, or None; a key this process checked under
+    the current credentials generation is not looked up again (relightq.tenants.known_keys)."""
+    key_hash = hash_key(key)
+    current = known_keys.generation()
+    tenant = known_keys.tenant_for(key_hash, current)
+    if tenant is not None:
+        return tenant
     found = authenticate_key(session, key)
-    return found[0] if found else None
+    if found is None:
+        return None
+    known_keys.remember(key_hash, found[0], current)
+    return found[0]
 
 
 def authenticate_key(session: Session, key: str) -> tuple[Tenant, ApiKey] | None:
@@ -81,6 +92,8 @@ def revoke_key(session: Session, key_or_prefix: str) -> list[ApiKey]:
     for key in keys:
         key.revoked_at = utcnow()
     session.flush()
+    if keys:
+        known_keys.changed_on_commit(session)
     return keys
 
 

@@ -50,3 +50,60 @@ def test_revoking_by_the_whole_key_works_and_an_unknown_key_exits_1(
     assert (
         httpx.get(f"{services.api}/v1/jobs", headers={"x-api-key": tenant.key}).status_code == 401
     )
+
+
+def test_a_key_used_a_moment_ago_is_refused_at_once_when_revoked(
+    services: Services, make_tenant: Callable[[], TenantKey]
+) -> None:
+    # The API keeps the keys it checked (relightq.tenants.known_keys); a revoke's commit
+    # makes every process forget them.
+    tenant = make_tenant()
+    headers = {"x-api-key": tenant.key}
+    with httpx.Client(base_url=services.api, headers=headers) as client:
+        assert [client.get("/v1/jobs").status_code for _ in range(3)] == [200, 200, 200]
+        assert runner.invoke(app, ["keys", "revoke", tenant.key[:10]]).exit_code == 0
+        assert client.get("/v1/jobs").status_code == 401
+
+
+def test_a_tenant_made_operator_is_one_at_its_next_request(
+    services: Services, make_tenant: Callable[[], TenantKey]
+) -> None:
+    tenant = make_tenant()
+    headers = {"x-api-key": tenant.key}
+    with httpx.Client(base_url=services.api, headers=headers) as client:
+        assert client.post("/v1/throttle/pause").status_code == 403
+        made = runner.invoke(app, ["keys", "create", "--tenant", tenant.name, "--operator"])
+        assert made.exit_code == 0, made.output
+        try:
+            assert client.post("/v1/throttle/pause").status_code == 200
+        finally:
+            client.post("/v1/throttle/resume")
+
+
+def test_a_known_key_is_not_looked_up_again_until_the_credentials_change(
+    database: str, make_tenant: Callable[[], TenantKey]
+) -> None:
+    from relightq.db import session_scope
+    from relightq.tenants import known_keys
+    from relightq.tenants.service import authenticate, revoke_key
+
+    class NoDatabase:
+        def execute(self, *_: object) -> None:
+            raise AssertionError("looked up")
+
+    tenant = make_tenant()
+    with session_scope() as session:
+        assert authenticate(session, tenant.key).id == tenant.id  # type: ignore[union-attr]
+    kept = authenticate(NoDatabase(), tenant.key)  # type: ignore[arg-type]
+    assert kept is not None and (kept.id, kept.name) == (tenant.id, tenant.name)
+
+    before = known_keys.generation()
+    with session_scope() as session:
+        revoke_key(session, tenant.key)
+        session.rollback()  # a revoke that never commits changes nothing
+    assert known_keys.generation() == before
+    with session_scope() as session:
+        revoke_key(session, tenant.key)
+    assert known_keys.generation() != before
+    with session_scope() as session:
+        assert authenticate(session, tenant.key) is None
