@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import uuid
 from decimal import Decimal
+from typing import Any, Protocol, cast
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import Integer, Table, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from relightq.batches.models import Batch
@@ -37,12 +38,62 @@ assert set(JobStatus) == FINAL_STATUSES | set(IN_FLIGHT_STATUSES)
 CANCEL_CHUNK = 20_000
 
 
-def budget_spent(batch: Batch) -> bool:
+def budget_spent(batch: _Spending) -> bool:
     """True once the batch's budget has no room left for one more image."""
     if batch.credit_budget is None:
         return False
     price = get_settings().segmind_credits_per_image
     return batch.credits_used + price > batch.credit_budget
+
+
+class _Spending(Protocol):
+    """A batch's budget and spend: its row, or the columns of it a query read."""
+
+    @property
+    def credit_budget(self) -> Decimal | None: ...
+    @property
+    def credits_used(self) -> Decimal: ...
+
+
+_BATCHES = cast(Table, Batch.__table__)
+_JOBS = cast(Table, Job.__table__)
+_BATCH_ID = bindparam("batch_id", type_=_BATCHES.c.id.type)
+
+# release() runs in every item's final transaction: its statements are built once (see
+# relightq.jobs.runner._CLAIM), the statuses compared one by one (an IN list is
+# re-rendered into the SQL at every execution).
+_LOCK_BATCH = (
+    select(_BATCHES.c.cancelled_at, _BATCHES.c.credit_budget, _BATCHES.c.credits_used)
+    .where(_BATCHES.c.id == _BATCH_ID)
+    .with_for_update()
+)
+_IN_FLIGHT = select(func.count()).where(
+    _JOBS.c.batch_id == _BATCH_ID,
+    _JOBS.c.dispatched_at.is_not(None),
+    or_(*(_JOBS.c.status == status for status in IN_FLIGHT_STATUSES)),
+)
+_NEXT_HELD = (
+    select(_JOBS.c.id, _JOBS.c.priority)
+    .where(
+        _JOBS.c.batch_id == _BATCH_ID,
+        _JOBS.c.dispatched_at.is_(None),
+        or_(_JOBS.c.status == JobStatus.QUEUED, _JOBS.c.status == JobStatus.WAITING),
+    )
+    .order_by(_JOBS.c.batch_row)
+    .limit(bindparam("room", type_=Integer))
+    # A cancel or retry holding some of these rows is not waited for: no lock cycle.
+    .with_for_update(skip_locked=True)
+)
+_SEND = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("job_id", type_=_JOBS.c.id.type))
+    .values(
+        status=JobStatus.QUEUED,
+        dispatched_at=bindparam("now", type_=_JOBS.c.dispatched_at.type),
+        updated_at=bindparam("now", type_=_JOBS.c.dispatched_at.type),
+        waiting_reason=None,
+    )
+)
 
 
 def release(session: Session, batch_id: uuid.UUID) -> int:
@@ -51,19 +102,11 @@ def release(session: Session, batch_id: uuid.UUID) -> int:
     The batch row is locked for the transaction, so two workers finishing items of the
     same batch at once cannot both fill the same room.
     """
-    batch = session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
+    batch: Any = session.execute(_LOCK_BATCH, {"batch_id": batch_id}).one_or_none()
     if batch is None or batch.cancelled_at is not None or budget_spent(batch):
         return 0
-    in_flight = session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.batch_id == batch_id,
-            Job.dispatched_at.is_not(None),
-            Job.status.in_(IN_FLIGHT_STATUSES),
-        )
-    )
-    room = get_settings().batch_window_size - (in_flight or 0)
+    in_flight = session.scalar(_IN_FLIGHT, {"batch_id": batch_id}) or 0
+    room = get_settings().batch_window_size - in_flight
     if batch.credit_budget is not None:
         # Items the budget cannot pay for would only be claimed and handed back: release
         # no more than the images left fit, counting the calls under way and, at one
@@ -71,27 +114,16 @@ def release(session: Session, batch_id: uuid.UUID) -> int:
         # failure releases again).
         price = get_settings().segmind_credits_per_image
         held, holders = reserved_in_batch(session, batch_id)
-        unreserved = max((in_flight or 0) - holders, 0)
+        unreserved = max(in_flight - holders, 0)
         left = batch.credit_budget - batch.credits_used - held - price * unreserved
         room = min(room, int(left // price))
     if room <= 0:
         return 0
-    rows = session.execute(
-        select(Job.id, Job.priority)
-        .where(Job.batch_id == batch_id, held_by_batch())
-        .order_by(Job.batch_row)
-        .limit(room)
-        # A cancel or retry holding some of these rows is not waited for: no lock cycle.
-        .with_for_update(skip_locked=True)
-    ).all()
+    rows = session.execute(_NEXT_HELD, {"batch_id": batch_id, "room": room}).all()
     if not rows:
         return 0
     now = utcnow()
-    session.execute(
-        update(Job)
-        .where(Job.id.in_([row.id for row in rows]))
-        .values(status=JobStatus.QUEUED, dispatched_at=now, waiting_reason=None, updated_at=now)
-    )
+    session.execute(_SEND, [{"job_id": row.id, "now": now} for row in rows])
     for row in rows:
         publish_job(session, row.id, row.priority)
     return len(rows)
@@ -162,11 +194,19 @@ def batch_cancelled(session: Session, batch_id: uuid.UUID) -> bool:
 
 def add_credits(session: Session, batch_id: uuid.UUID, credits: Decimal) -> None:
     """Count an item's credits against its batch (one atomic increment)."""
-    session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id)
-        .values(credits_used=Batch.credits_used + credits, updated_at=utcnow())
+    session.execute(_ADD_CREDITS, {"batch_id": batch_id, "credits": credits, "now": utcnow()})
+
+
+# Built once: every paid item of a batch runs it.
+_ADD_CREDITS = (
+    update(_BATCHES)
+    .where(_BATCHES.c.id == _BATCH_ID)
+    .values(
+        credits_used=_BATCHES.c.credits_used
+        + bindparam("credits", type_=_BATCHES.c.credits_used.type),
+        updated_at=bindparam("now", type_=_BATCHES.c.updated_at.type),
     )
+)
 
 
 def cancel_held(session: Session, batch_id: uuid.UUID, after: int, limit: int) -> int | None:

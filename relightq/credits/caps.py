@@ -26,6 +26,7 @@ from relightq.errors import NotFound
 from relightq.jobs.models import Job, JobStatus, parked_by_cap
 from relightq.jobs.service import publish_job
 from relightq.settings import get_settings
+from relightq.tenants import known_keys
 from relightq.tenants.models import Tenant, TenantCreditMonth
 
 # Jobs woken per tenant and call: the sweeper comes back for the rest.
@@ -135,6 +136,7 @@ def set_monthly_cap(session: Session, tenant_name: str, cap: Decimal | None) -> 
     if tenant is None:
         raise NotFound("tenant", f"no tenant named {tenant_name!r}")
     tenant.monthly_credit_cap = cap
+    known_keys.changed_on_commit(session)  # API processes keep tenants' rows
     session.flush()
     wake_capped(session, tenant.id)
     return tenant

@@ -2,9 +2,10 @@
 
 Each API process keeps the tenant of every key it authenticated, for at most
 ``KEEP_SECONDS``, and only while the deployment's credentials generation (a counter in
-Redis) is the one it read before the lookup. Revoking a key or promoting a tenant to
-operator bumps the counter once its transaction has committed, so every process forgets
-what it knew at its next request: a revoked key is refused at once, as before. One Redis
+Redis) is the one it read before the lookup. Revoking a key, and every change to a
+tenant's row (made operator, a monthly cap, a new callback secret), bumps the counter
+once its transaction has committed, so every process forgets what it knew at its next
+request: a revoked key is refused at once, as before. One Redis
 GET per request replaces a PostgreSQL round trip and the loading of two rows (py-spy
 put the lookup at a sixth of a submit's CPU). Without Redis (the demo), or while it is
 unreachable, nothing is kept and every request looks its key up.

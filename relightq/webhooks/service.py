@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from relightq.db import utcnow
 from relightq.errors import DeliveryInFlight, EndpointDisabled, NotFound
 from relightq.pagination import newest_first, page
+from relightq.tenants import known_keys
 from relightq.tenants.models import Tenant
 from relightq.webhooks.events import publish_delivery
 from relightq.webhooks.models import (
@@ -139,6 +140,7 @@ def rotate_callback_secret(session: Session, tenant_id: uuid.UUID) -> str:
     assert tenant is not None
     tenant.callback_secret = new_secret()
     session.flush()
+    known_keys.changed_on_commit(session)  # API processes keep tenants' rows
     return tenant.callback_secret
 
 

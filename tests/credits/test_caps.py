@@ -29,6 +29,7 @@ from relightq.jobs.models import CAP_REACHED, Job, JobStatus, parked_by_cap, par
 from relightq.jobs.schemas import JobOptions
 from relightq.jobs.sweeper import sweep
 from relightq.settings import get_settings
+from relightq.tenants import known_keys
 from relightq.tenants.models import Tenant, TenantCreditMonth
 from tests.conftest import TenantKey
 
@@ -124,8 +125,11 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[uuid.UUID]:
 
 
 def set_cap(tenant: TenantKey, cap: Decimal | None) -> None:
+    """The cap alone, without the wake-ups of caps.set_monthly_cap (which also tells the
+    API processes that keep tenants' rows)."""
     with session_scope() as session:
         session.execute(update(Tenant).where(Tenant.id == tenant.id).values(monthly_credit_cap=cap))
+        known_keys.changed_on_commit(session)
 
 
 def spend(tenant: TenantKey, credits: Decimal, month: date) -> None:
