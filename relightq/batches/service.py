@@ -25,7 +25,7 @@ from typing import Any, cast
 from urllib.parse import urlparse
 
 from pydantic import ValidationError
-from sqlalchemy import Table, case, func, select, update
+from sqlalchemy import ColumnElement, Table, case, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from relightq.batches.bulk import CopyStream, RowWriter
@@ -747,7 +747,7 @@ RESULT_COLUMNS = (
 # while a client reads slowly); the next page starts after the last row, by index.
 MANIFEST_CHUNK = 5000
 # Rows per piece of the streamed body: one piece per row would cost a thread hop each.
-STREAM_ROWS = 500
+STREAM_ROWS = 1000
 CSV_LIST_SEPARATOR = " | "
 _MANIFEST_JSON = json.JSONEncoder(ensure_ascii=False, default=json_default)
 # Most items cost one of a few amounts: each written once.
@@ -804,14 +804,14 @@ def _reject_row(reject: BatchReject) -> dict[str, Any]:
 
 
 def _page_outputs(
-    session: Session, batch_id: uuid.UUID, after: int, last: int
+    session: Session, where: list[ColumnElement[bool]], after: int, last: int
 ) -> dict[uuid.UUID, list[tuple[int, str]]]:
-    """The outputs of a batch's items in rows ``after`` < row <= ``last``, by index
-    (joined by row range: no list of thousands of ids to bind)."""
+    """The outputs of a page's items (``where``, rows ``after`` < row <= ``last``), by
+    index; joined by row range, with no list of thousands of ids to bind."""
     rows = session.execute(
         select(JobOutput.job_id, JobOutput.index, JobOutput.uri)
         .join(Job, Job.id == JobOutput.job_id)
-        .where(Job.batch_id == batch_id, Job.batch_row > after, Job.batch_row <= last)
+        .where(*where, Job.batch_row > after, Job.batch_row <= last)
         .order_by(JobOutput.job_id, JobOutput.index)
     )
     found: dict[uuid.UUID, list[tuple[int, str]]] = {}
@@ -825,21 +825,28 @@ def _job_rows(
     batch_id: uuid.UUID,
     storage: Storage,
     statuses: tuple[JobStatus, ...] | None,
+    *,
+    sent: bool,
 ) -> Iterator[dict[str, Any]]:
+    """The batch's items sent to the broker, or those it still holds, by row: each set has
+    its own index (ix_jobs_batch_sent, ix_jobs_batch_held)."""
+    where = [
+        Job.batch_id == batch_id,
+        Job.dispatched_at.is_not(None) if sent else Job.dispatched_at.is_(None),
+    ]
+    if statuses:
+        where.append(Job.status.in_(statuses))
     after = -1
     while True:
         with session_factory() as session:
-            query = (
+            jobs = session.execute(
                 select(*_RESULT_FIELDS)
-                .where(Job.batch_id == batch_id, Job.batch_row > after)
+                .where(*where, Job.batch_row > after)
                 .order_by(Job.batch_row)
                 .limit(MANIFEST_CHUNK)
-            )
-            if statuses:
-                query = query.where(Job.status.in_(statuses))
-            jobs = session.execute(query).all()
+            ).all()
             last = (jobs[-1].batch_row or 0) if jobs else after
-            outputs = _page_outputs(session, batch_id, after, last) if jobs else {}
+            outputs = _page_outputs(session, where, after, last) if jobs else {}
         yield from (_result_row(job, outputs.get(job.id, []), storage) for job in jobs)
         if len(jobs) < MANIFEST_CHUNK:
             return
@@ -874,13 +881,14 @@ def manifest_rows(
     errors_only: bool,
 ) -> Iterator[dict[str, Any]]:
     """Every item by row (or only failed and rejected ones), read a chunk at a time."""
-    if not errors_only:
-        return _job_rows(session_factory, batch_id, storage, None)
-    return heapq.merge(
-        _job_rows(session_factory, batch_id, storage, (JobStatus.FAILED,)),
-        _reject_rows(session_factory, batch_id),
-        key=lambda row: int(row["row"] or 0),
-    )
+    statuses = (JobStatus.FAILED,) if errors_only else None
+    streams = [
+        _job_rows(session_factory, batch_id, storage, statuses, sent=True),
+        _job_rows(session_factory, batch_id, storage, statuses, sent=False),
+    ]
+    if errors_only:
+        streams.append(_reject_rows(session_factory, batch_id))
+    return heapq.merge(*streams, key=lambda row: int(row["row"] or 0))
 
 
 def _pieces(lines: Iterable[str]) -> Iterator[str]:
@@ -903,14 +911,10 @@ def jsonl_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
 def csv_lines(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     """A manifest as CSV with a header (yielded a few hundred lines at a time); several
     outputs share a cell, joined by " | "."""
-    return _pieces(_csv_records(rows))
-
-
-def _csv_records(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(RESULT_COLUMNS)
-    for row in rows:
+    for written, row in enumerate(rows, start=1):
         error = row["error"] or {}
         writer.writerow(
             (
@@ -929,6 +933,8 @@ def _csv_records(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
                 error.get("message") or "",
             )
         )
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
+        if written % STREAM_ROWS == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()

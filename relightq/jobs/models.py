@@ -93,12 +93,15 @@ class Job(Base):
         Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
         Index("ix_jobs_batch_status", "batch_id", "status"),
-        # A batch's items by row: manifests, cancels and the gallery read pages of them.
+        # A batch's items sent to the broker, by row. With ix_jobs_batch_held (the held
+        # ones) it covers a batch row by row for manifests; the two never overlap, so the
+        # release's query for held items can only take the held one, however stale the
+        # statistics (this one would have it step over every item already sent).
         Index(
-            "ix_jobs_batch_row",
+            "ix_jobs_batch_sent",
             "batch_id",
             "batch_row",
-            postgresql_where=text("batch_id IS NOT NULL"),
+            postgresql_where=text("batch_id IS NOT NULL AND dispatched_at IS NOT NULL"),
         ),
         # The batch's held items in submission order: what the dispatcher releases next.
         Index(

@@ -330,6 +330,12 @@ def test_a_cancel_cut_short_is_finished_by_the_sweepers_repair(
     # The window release sent, and the first chunk of the held ones.
     sent = get_settings().batch_window_size
     assert _statuses(str(batch_id)) == {"cancelled": sent + 5, "queued": 23 - sent - 5}
+    # Sent and held items are read by their own indexes, merged back into row order.
+    monkeypatch.setattr(service, "MANIFEST_CHUNK", 4)
+    rows_read = service.manifest_rows(get_sessionmaker(), batch_id, storage, errors_only=False)
+    listed = [(r["row"], r["status"]) for r in rows_read]
+    assert [row for row, _ in listed] == list(range(1, 24))
+    assert [status for _, status in listed][-1] == "queued"
 
     # The canceller never came back (its API process died): each sweep does a chunk.
     for _ in range(4):
