@@ -1,9 +1,10 @@
 """Keys an API process checked lately, so that a request need not look its key up again.
 
-Each API process keeps the tenant of every key it authenticated, for at most
+Each API process keeps the tenant of every key it authenticated (and the buckets granted
+to it), for at most
 ``KEEP_SECONDS``, and only while the deployment's credentials generation (a counter in
-Redis) is the one it read before the lookup. Revoking a key, and every change to a
-tenant's row (made operator, a monthly cap, a new callback secret), bumps the counter
+Redis) is the one it read before the lookup. Revoking a key, every change to a tenant's
+row (made operator, a monthly cap, a new callback secret) and to its grants bumps the counter
 once its transaction has committed, so every process forgets what it knew at its next
 request: a revoked key is refused at once, as before. One Redis
 GET per request replaces a PostgreSQL round trip and the loading of two rows (py-spy
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, cast
@@ -39,10 +41,10 @@ _TENANT_COLUMNS = [prop.key for prop in inspect(Tenant).column_attrs]
 class _Known:
     generation: bytes
     until: float
-    tenant: dict[str, Any]
+    value: Any
 
 
-_known: dict[str, _Known] = {}
+_known: dict[tuple[str, object], _Known] = {}
 _lock = threading.Lock()
 
 
@@ -69,25 +71,47 @@ def generation() -> bytes | None:
 
 def tenant_for(key_hash: str, current: bytes | None) -> Tenant | None:
     """The tenant of a key known under the ``current`` generation, or None."""
-    if current is None:
-        return None
-    with _lock:
-        known = _known.get(key_hash)
-    if known is None or known.generation != current or known.until < time.monotonic():
-        return None
-    return Tenant(**known.tenant)  # each request its own (transient) copy
+    values = _recall(("key", key_hash), current)
+    return None if values is None else Tenant(**values)  # each request its own copy
 
 
 def remember(key_hash: str, tenant: Tenant, read_before_lookup: bytes | None) -> None:
     """Keep a key's tenant under the generation read *before* it was looked up, so a
     change committed in between is never kept."""
-    if read_before_lookup is None:
-        return
     values = {name: getattr(tenant, name) for name in _TENANT_COLUMNS}
+    _keep(("key", key_hash), values, read_before_lookup)
+
+
+def grants_for(tenant_id: uuid.UUID, current: bytes | None) -> frozenset[str] | None:
+    """The buckets granted to a tenant as known under the ``current`` generation."""
+    grants: frozenset[str] | None = _recall(("grants", tenant_id), current)
+    return grants
+
+
+def remember_grants(
+    tenant_id: uuid.UUID, grants: frozenset[str], read_before_lookup: bytes | None
+) -> None:
+    """Keep a tenant's grants under the generation read before they were looked up."""
+    _keep(("grants", tenant_id), grants, read_before_lookup)
+
+
+def _recall(what: tuple[str, object], current: bytes | None) -> Any:
+    if current is None:
+        return None
+    with _lock:
+        known = _known.get(what)
+    if known is None or known.generation != current or known.until < time.monotonic():
+        return None
+    return known.value
+
+
+def _keep(what: tuple[str, object], value: object, generation_read: bytes | None) -> None:
+    if generation_read is None:
+        return
     with _lock:
         if len(_known) > 10_000:  # keys are few; a flood of distinct ones is not kept
             _known.clear()
-        _known[key_hash] = _Known(read_before_lookup, time.monotonic() + KEEP_SECONDS, values)
+        _known[what] = _Known(generation_read, time.monotonic() + KEEP_SECONDS, value)
 
 
 def changed_on_commit(session: Session) -> None:

@@ -115,7 +115,12 @@ def usable_buckets(session: Session, tenant_id: uuid.UUID) -> frozenset[str] | N
         return None
     known: dict[uuid.UUID, frozenset[str]] = session.info.setdefault(_GRANTS_SEEN, {})
     if tenant_id not in known:
-        known[tenant_id] = granted_buckets(session, tenant_id)
+        current = known_keys.generation()  # and kept by the process (known_keys)
+        grants = known_keys.grants_for(tenant_id, current)
+        if grants is None:
+            grants = granted_buckets(session, tenant_id)
+            known_keys.remember_grants(tenant_id, grants, current)
+        known[tenant_id] = grants
     return known[tenant_id]
 
 
@@ -149,6 +154,7 @@ def grant_bucket(session: Session, tenant: Tenant, bucket: str) -> None:
         .values(tenant_id=tenant.id, bucket=bucket, created_at=utcnow())
         .on_conflict_do_nothing()
     )
+    known_keys.changed_on_commit(session)
 
 
 def revoke_bucket(session: Session, tenant: Tenant, bucket: str) -> bool:
@@ -157,6 +163,7 @@ def revoke_bucket(session: Session, tenant: Tenant, bucket: str) -> bool:
     done = session.execute(
         delete(BucketGrant).where(BucketGrant.tenant_id == tenant.id, BucketGrant.bucket == bucket)
     )
+    known_keys.changed_on_commit(session)
     return bool(getattr(done, "rowcount", 0))
 
 

@@ -19,6 +19,9 @@ from api.errors import install_error_handlers
 from relightq.errors import NotFound
 
 FAIL_COMMIT = "test_fail_commit"
+# Marks the sessions of this file's routes: other sessions of the suite (its worker
+# threads, schedules) may commit meanwhile and are not what these tests look at.
+ROUTE_SESSION = "test_route_session"
 
 
 class _Timeline:
@@ -47,10 +50,12 @@ def events(database: str) -> Iterator[list[str]]:
             raise failure
 
     def after_commit(session: Session) -> None:
-        seen.append("commit")
+        if session.info.get(ROUTE_SESSION):
+            seen.append("commit")
 
     def after_rollback(session: Session) -> None:
-        seen.append("rollback")
+        if session.info.get(ROUTE_SESSION):
+            seen.append("rollback")
 
     event.listen(Session, "before_commit", before_commit)
     event.listen(Session, "after_commit", after_commit)
@@ -67,6 +72,7 @@ def client(events: list[str]) -> TestClient:
 
     @app.post("/write")
     def write(db: DbSession, fail: str = "") -> dict[str, Any]:
+        db.info[ROUTE_SESSION] = True
         db.execute(text("SELECT 1"))
         if fail == "down":
             db.info[FAIL_COMMIT] = OperationalError("COMMIT", {}, Exception("server closed"))
@@ -76,6 +82,7 @@ def client(events: list[str]) -> TestClient:
 
     @app.post("/refuse")
     def refuse(db: DbSession) -> dict[str, Any]:
+        db.info[ROUTE_SESSION] = True
         db.execute(text("SELECT 1"))
         raise NotFound("thing")
 
