@@ -32,6 +32,7 @@ from sqlalchemy import (
     Executable,
     ScalarSelect,
     Table,
+    bindparam,
     func,
     select,
     update,
@@ -99,13 +100,18 @@ def limits(
     session: Session | Connection, tenant_id: uuid.UUID, batch_id: uuid.UUID | None
 ) -> Limits:
     """The tenant's monthly cap and the job's batch's budget and cancellation."""
-    row = session.execute(
-        select(Tenant.monthly_credit_cap, Batch.credit_budget, Batch.cancelled_at)
-        .select_from(Tenant)
-        .outerjoin(Batch, Batch.id == batch_id)
-        .where(Tenant.id == tenant_id)
-    ).one()
+    row = session.execute(_LIMITS, {"tenant_id": tenant_id, "batch_id": batch_id}).one()
     return Limits(row.monthly_credit_cap, row.credit_budget, row.cancelled_at is not None)
+
+
+_TENANTS, _BATCHES = cast(Table, Tenant.__table__), cast(Table, Batch.__table__)
+# Built once: a batch item reads it before every call.
+_LIMITS = (
+    select(_TENANTS.c.monthly_credit_cap, _BATCHES.c.credit_budget, _BATCHES.c.cancelled_at)
+    .select_from(_TENANTS)
+    .outerjoin(_BATCHES, _BATCHES.c.id == bindparam("batch_id", type_=_BATCHES.c.id.type))
+    .where(_TENANTS.c.id == bindparam("tenant_id", type_=_TENANTS.c.id.type))
+)
 
 
 def reserve(
