@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     # RELIGHTQ_MAX_CONCURRENT_CALLS, enough to keep every upstream slot busy.
     batch_window: int | None = Field(default=None, ge=1)
     # More items in one batch get 413 too_many_items.
-    max_batch_items: int = Field(default=200_000, ge=1)
+    max_batch_items: int = Field(default=1_000_000, ge=1)
     # Cap on a CSV/JSONL upload to POST /v1/batches (413). Uploads are streamed to a
     # temporary file, never held whole in memory.
     max_batch_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
