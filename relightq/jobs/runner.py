@@ -23,6 +23,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -98,6 +99,7 @@ from relightq.storage import Storage, StorageError
 from relightq.tenants.models import Tenant
 from relightq.throttle.fleet import Admission, Fleet
 from relightq.throttle.service import CREDIT_RESERVE, pause_fleet
+from relightq.throttle.waiters import SlotWaiters
 from relightq.webhooks.events import emit_job_final, listened_to
 
 # The hot path writes with Core statements on the tables: the ORM's bulk-update and
@@ -117,6 +119,8 @@ FAILED_POLL_RETRY_SECONDS = 20.0
 SHUTTING_DOWN = "shutting_down"
 SLOT_POLL_SECONDS = 0.004
 SLOT_POLL_MAX_SECONDS = 0.05
+# How often a job outranked by a more urgent one waiting for a slot looks again.
+OUTRANKED_POLL_SECONDS = 0.01
 
 # A call's outcome has happened upstream (credits spent); losing the record of it to a
 # PostgreSQL restart would make the job run again. Keep trying for a while instead.
@@ -163,6 +167,7 @@ class RunnerDeps:
     fleet: Fleet
     keeper: LeaseKeeper
     poller: Poller = field(default_factory=Poller)
+    slot_waiters: SlotWaiters = field(default_factory=SlotWaiters)
 
     @cached_property
     def poll_schedule(self) -> PollSchedule:
@@ -461,6 +466,8 @@ def _cleared_for_call(
         deps.settings.slot_wait_seconds,
         stop=deps.keeper.draining.is_set,
         ttl_seconds=slot_ttl,
+        waiters=deps.slot_waiters,
+        priority=claim_.priority,
     )
     if not admission.admitted:
         _not_admitted(claim_, admission, deps)
@@ -1036,14 +1043,38 @@ def wait_for_slot(
     sleep: Callable[[float], None] = time.sleep,
     stop: Callable[[], bool] = lambda: False,
     ttl_seconds: float | None = None,
+    waiters: SlotWaiters | None = None,
+    priority: int = 0,
 ) -> Admission:
     """Ask the fleet for a slot until admitted, paused, ``stop()`` (the worker is shutting
-    down), or ``max_wait`` seconds have passed."""
+    down), or ``max_wait`` seconds have passed; while a more urgent job of this process
+    (``waiters``) waits too, let it go first."""
+    with waiters.waiting(priority) if waiters is not None else nullcontext():
+        return _wait_for_slot(fleet, slot, max_wait, sleep, stop, ttl_seconds, waiters, priority)
+
+
+def _wait_for_slot(
+    fleet: Fleet,
+    slot: str,
+    max_wait: float,
+    sleep: Callable[[float], None],
+    stop: Callable[[], bool],
+    ttl_seconds: float | None,
+    waiters: SlotWaiters | None,
+    priority: int,
+) -> Admission:
     deadline = time.monotonic() + max_wait
     poll = SLOT_POLL_SECONDS
     while True:
         if stop():
             return Admission(False, SHUTTING_DOWN)
+        if waiters is not None and waiters.outranked(priority):
+            # Not on the fleet's release signal, which wakes one waiter: the urgent one.
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Admission(False, "concurrency")
+            sleep(min(OUTRANKED_POLL_SECONDS, remaining))
+            continue
         admission = fleet.acquire(slot, ttl_seconds)
         remaining = deadline - time.monotonic()
         if admission.admitted or admission.reason == "paused" or remaining <= 0:
