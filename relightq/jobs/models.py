@@ -128,6 +128,10 @@ class Job(Base):
         Index(
             "ix_jobs_tenant_reserved", "tenant_id", postgresql_where=text("credits_reserved > 0")
         ),
+        # The copies of a job, found when it is deleted (the foreign key's SET NULL).
+        Index(
+            "ix_jobs_reused_from", "reused_from", postgresql_where=text("reused_from IS NOT NULL")
+        ),
         # A batch's items in the broker or running: counted on every release.
         Index(
             "ix_jobs_batch_in_flight",
