@@ -1,15 +1,14 @@
 """Keys an API process checked lately, so that a request need not look its key up again.
 
 Each API process keeps the tenant of every key it authenticated (and the buckets granted
-to it), for at most
-``KEEP_SECONDS``, and only while the deployment's credentials generation (a counter in
-Redis) is the one it read before the lookup. Revoking a key, every change to a tenant's
-row (made operator, a monthly cap, a new callback secret) and to its grants bumps the counter
-once its transaction has committed, so every process forgets what it knew at its next
-request: a revoked key is refused at once, as before. One Redis
-GET per request replaces a PostgreSQL round trip and the loading of two rows (py-spy
-put the lookup at a sixth of a submit's CPU). Without Redis (the demo), or while it is
-unreachable, nothing is kept and every request looks its key up.
+to it) for at most ``KEEP_SECONDS``, and only while the deployment's credentials
+generation (a random value in Redis) is the one it read before the lookup. Revoking a
+key, every change to a tenant's row (made operator, a monthly cap, a new callback secret)
+and to its grants replaces that value once its transaction has committed, so every
+process forgets what it knew at its next request: a revoked key is refused at once, as
+before. One Redis GET per request replaces a PostgreSQL round trip and the loading of two
+rows (py-spy put the lookup at a sixth of a submit's CPU). Without Redis (the demo), or
+while it is unreachable, nothing is kept and every request looks its key up.
 """
 
 from __future__ import annotations
@@ -31,6 +30,8 @@ from relightq.tenants.models import Tenant
 
 log = logging.getLogger(__name__)
 
+# A random value, replaced at every change: a counter would start again at 0 after Redis
+# lost it and make entries kept under an old 0 look current.
 GENERATION_KEY = "relightq:credentials:generation"
 # A backstop for a bump that could not reach Redis (it was down when a key was revoked).
 KEEP_SECONDS = 30.0
@@ -61,12 +62,17 @@ def generation() -> bytes | None:
         return None
     try:
         value = cast(bytes | None, client.get(GENERATION_KEY))
+        if value is None:
+            # Never set, or Redis lost it (flushed, restarted without its AOF): a new
+            # random one, so nothing kept under an earlier value is trusted again.
+            client.set(GENERATION_KEY, uuid.uuid4().hex, nx=True)
+            value = cast(bytes | None, client.get(GENERATION_KEY))
     except redis.RedisError as exc:
         log.warning(
             "credentials generation unreadable (%s): keys are looked up", type(exc).__name__
         )
         return None
-    return value or b"0"
+    return value
 
 
 def tenant_for(key_hash: str, current: bytes | None) -> Tenant | None:
@@ -139,7 +145,7 @@ def _bump() -> None:
     if client is None:
         return
     try:
-        client.incr(GENERATION_KEY)
+        client.set(GENERATION_KEY, uuid.uuid4().hex)
     except redis.RedisError as exc:
         log.warning(
             "credentials generation not bumped (%s): API processes may accept the old "

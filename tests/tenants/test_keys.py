@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from relightq.cli import app
@@ -96,6 +97,14 @@ def test_a_known_key_is_not_looked_up_again_until_the_credentials_change(
         assert authenticate(session, tenant.key).id == tenant.id  # type: ignore[union-attr]
     kept = authenticate(NoDatabase(), tenant.key)  # type: ignore[arg-type]
     assert kept is not None and (kept.id, kept.name) == (tenant.id, tenant.name)
+    # Redis lost the generation (flushed): a new one is drawn, nothing kept is trusted.
+    redis_client = known_keys._redis()
+    assert redis_client is not None
+    redis_client.delete(known_keys.GENERATION_KEY)
+    with pytest.raises(AssertionError, match="looked up"):
+        authenticate(NoDatabase(), tenant.key)  # type: ignore[arg-type]
+    with session_scope() as session:
+        assert authenticate(session, tenant.key) is not None
 
     before = known_keys.generation()
     with session_scope() as session:
