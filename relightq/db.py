@@ -7,9 +7,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Engine,
+    MetaData,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+)
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -47,6 +58,17 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)  # SQLite drops the zone; we only store UTC
         return value
+
+
+def table_of(model: type[Base]) -> Table:
+    """A model's table, for Core statements on the hot paths (no ORM machinery)."""
+    return cast(Table, model.__table__)
+
+
+def typed_param(name: str, column: ColumnElement[Any]) -> BindParameter[Any]:
+    """A named parameter of a statement built once, bound as ``column`` binds its values
+    (UTC datetimes, exact amounts, UUIDs)."""
+    return bindparam(name, type_=column.type)
 
 
 def utcnow() -> datetime:

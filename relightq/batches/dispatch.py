@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 import uuid
 from decimal import Decimal
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from sqlalchemy import Integer, Table, bindparam, exists, func, or_, select, text, update
+from sqlalchemy import Integer, bindparam, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from relightq.batches.models import Batch
 from relightq.credits.budgets import reserved_in_batch
-from relightq.db import utcnow
+from relightq.db import table_of, typed_param, utcnow
 from relightq.jobs.models import FINAL_STATUSES, IN_FLIGHT_STATUSES, Job, JobStatus, held_by_batch
 from relightq.jobs.service import cancelled_values, publish_job
 from relightq.settings import get_settings
@@ -55,9 +55,9 @@ class _Spending(Protocol):
     def credits_used(self) -> Decimal: ...
 
 
-_BATCHES = cast(Table, Batch.__table__)
-_JOBS = cast(Table, Job.__table__)
-_BATCH_ID = bindparam("batch_id", type_=_BATCHES.c.id.type)
+_BATCHES = table_of(Batch)
+_JOBS = table_of(Job)
+_BATCH_ID = typed_param("batch_id", _BATCHES.c.id)
 
 # release() runs in every item's final transaction: its statements are built once (see
 # relightq.jobs.runner._CLAIM), the statuses compared one by one (an IN list is
@@ -88,11 +88,11 @@ _NEXT_HELD = (
 )
 _SEND = (
     update(_JOBS)
-    .where(_JOBS.c.id == bindparam("job_id", type_=_JOBS.c.id.type))
+    .where(_JOBS.c.id == typed_param("job_id", _JOBS.c.id))
     .values(
         status=JobStatus.QUEUED,
-        dispatched_at=bindparam("now", type_=_JOBS.c.dispatched_at.type),
-        updated_at=bindparam("now", type_=_JOBS.c.dispatched_at.type),
+        dispatched_at=typed_param("now", _JOBS.c.dispatched_at),
+        updated_at=typed_param("now", _JOBS.c.dispatched_at),
         waiting_reason=None,
     )
 )
@@ -204,9 +204,8 @@ _ADD_CREDITS = (
     update(_BATCHES)
     .where(_BATCHES.c.id == _BATCH_ID)
     .values(
-        credits_used=_BATCHES.c.credits_used
-        + bindparam("credits", type_=_BATCHES.c.credits_used.type),
-        updated_at=bindparam("now", type_=_BATCHES.c.updated_at.type),
+        credits_used=_BATCHES.c.credits_used + typed_param("credits", _BATCHES.c.credits_used),
+        updated_at=typed_param("now", _BATCHES.c.updated_at),
     )
 )
 

@@ -25,7 +25,7 @@ from typing import Any, cast
 from urllib.parse import urlparse
 
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, Table, case, func, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from relightq.batches.bulk import CopyStream, RowWriter
@@ -53,7 +53,7 @@ from relightq.batches.sources import RawItem, json_items, prefix_items
 from relightq.credits.amounts import ZERO, as_text, json_default
 from relightq.credits.budgets import BUDGET_SPENT
 from relightq.credits.estimate import PlannedItem, estimate
-from relightq.db import utcnow
+from relightq.db import table_of, utcnow
 from relightq.errors import (
     UNSTORABLE,
     BatchCancelled,
@@ -341,7 +341,7 @@ def _take(
 
 
 JOB_ROWS = RowWriter(
-    cast(Table, Job.__table__),
+    table_of(Job),
     (
         "id",
         "tenant_id",
@@ -364,7 +364,7 @@ JOB_ROWS = RowWriter(
     ),
 )
 REJECT_ROWS = RowWriter(
-    cast(Table, BatchReject.__table__),
+    table_of(BatchReject),
     ("id", "batch_id", "row", "external_id", "subject_image", "problems"),
 )
 

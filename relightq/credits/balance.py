@@ -16,14 +16,13 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from decimal import Decimal
-from typing import cast
 
-from sqlalchemy import Table, bindparam, or_, update
+from sqlalchemy import or_, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from relightq.credits.amounts import as_text
-from relightq.db import session_scope, utcnow
+from relightq.db import session_scope, table_of, typed_param, utcnow
 from relightq.jobs.models import UpstreamState
 from relightq.metrics import CREDITS_LOW_WARNINGS
 from relightq.settings import Settings
@@ -33,7 +32,7 @@ from relightq.webhooks.models import EventType
 log = logging.getLogger(__name__)
 
 
-_STATE = cast(Table, UpstreamState.__table__)
+_STATE = table_of(UpstreamState)
 # Built once (every success runs one): keep the reported balance unless a newer is known.
 _KEEP = (
     update(_STATE)
@@ -41,12 +40,12 @@ _KEEP = (
         _STATE.c.id == 1,
         or_(
             _STATE.c.credits_seen_at.is_(None),
-            _STATE.c.credits_seen_at <= bindparam("seen_at", type_=_STATE.c.credits_seen_at.type),
+            _STATE.c.credits_seen_at <= typed_param("seen_at", _STATE.c.credits_seen_at),
         ),
     )
     .values(
-        remaining_credits=bindparam("remaining", type_=_STATE.c.remaining_credits.type),
-        credits_seen_at=bindparam("seen_at", type_=_STATE.c.credits_seen_at.type),
+        remaining_credits=typed_param("remaining", _STATE.c.remaining_credits),
+        credits_seen_at=typed_param("seen_at", _STATE.c.credits_seen_at),
     )
 )
 _KEEP_AND_REARM = _KEEP.values(credits_low_since=None)

@@ -24,15 +24,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from functools import cache
-from typing import cast
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
     Executable,
     ScalarSelect,
-    Table,
-    bindparam,
     func,
     select,
     update,
@@ -42,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from relightq.batches.models import Batch
 from relightq.credits.amounts import ZERO, as_text
-from relightq.db import utcnow
+from relightq.db import table_of, typed_param, utcnow
 from relightq.jobs.models import CAP_REACHED, FINAL_STATUSES, Job
 from relightq.tenants.models import Tenant, TenantCreditMonth
 
@@ -104,13 +101,13 @@ def limits(
     return Limits(row.monthly_credit_cap, row.credit_budget, row.cancelled_at is not None)
 
 
-_TENANTS, _BATCHES = cast(Table, Tenant.__table__), cast(Table, Batch.__table__)
+_TENANTS, _BATCHES = table_of(Tenant), table_of(Batch)
 # Built once: a batch item reads it before every call.
 _LIMITS = (
     select(_TENANTS.c.monthly_credit_cap, _BATCHES.c.credit_budget, _BATCHES.c.cancelled_at)
     .select_from(_TENANTS)
-    .outerjoin(_BATCHES, _BATCHES.c.id == bindparam("batch_id", type_=_BATCHES.c.id.type))
-    .where(_TENANTS.c.id == bindparam("tenant_id", type_=_TENANTS.c.id.type))
+    .outerjoin(_BATCHES, _BATCHES.c.id == typed_param("batch_id", _BATCHES.c.id))
+    .where(_TENANTS.c.id == typed_param("tenant_id", _TENANTS.c.id))
 )
 
 
@@ -135,9 +132,7 @@ def reserve(
     if budget is None and cap is None:
         return None
     # The job's own row first (see the module docstring on lock order).
-    session.execute(
-        update(cast(Table, Job.__table__)).where(mark_reserved).values(credits_reserved=amount)
-    )
+    session.execute(update(table_of(Job)).where(mark_reserved).values(credits_reserved=amount))
     if budget is not None:
         # Lock first, then sum in a statement of its own: under READ COMMITTED each
         # statement sees what committed before it began, so the sum sees every
@@ -193,7 +188,7 @@ def add_to_month(session: Session, tenant_id: uuid.UUID, credits: Decimal, when:
 @cache
 def _month_upsert(dialect: str) -> Executable:
     """The upsert adding to a tenant's month, built once per dialect: every success runs it."""
-    months = cast(Table, TenantCreditMonth.__table__)
+    months = table_of(TenantCreditMonth)
     insert = (postgresql.Insert if dialect == "postgresql" else sqlite.Insert)(months)
     return insert.on_conflict_do_update(
         index_elements=["tenant_id", "month"],

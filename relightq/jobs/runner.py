@@ -28,14 +28,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
-    BindParameter,
     ColumnElement,
     Connection,
     Integer,
-    Table,
     and_,
     bindparam,
     case,
@@ -57,7 +55,7 @@ from relightq.credits import budgets, reuse
 from relightq.credits.amounts import ZERO
 from relightq.credits.balance import record_balance, report_balance
 from relightq.credits.budgets import BUDGET_SPENT, Refusal, add_to_month, reserve
-from relightq.db import one_statement, session_scope, utcnow
+from relightq.db import one_statement, session_scope, table_of, typed_param, utcnow
 from relightq.jobs.models import (
     FINAL_STATUSES,
     Job,
@@ -105,9 +103,9 @@ from relightq.webhooks.events import emit_job_final, listened_to
 # The hot path writes with Core statements on the tables: the ORM's bulk-update and
 # unit-of-work machinery cost more CPU per job than the statements themselves (py-spy,
 # bench.overhead), and these writes need none of it (no objects are loaded).
-JOBS = cast(Table, Job.__table__)
-OUTPUTS = cast(Table, JobOutput.__table__)
-ATTEMPTS = cast(Table, JobAttempt.__table__)
+JOBS = table_of(Job)
+OUTPUTS = table_of(JobOutput)
+ATTEMPTS = table_of(JobAttempt)
 
 log = logging.getLogger(__name__)
 
@@ -192,24 +190,19 @@ class CallRecord:
     request_id: str | None = None
 
 
-def _param(name: str, column: ColumnElement[Any]) -> BindParameter[Any]:
-    """A named parameter of a statement built once, typed as ``column``."""
-    return bindparam(name, type_=column.type)
-
-
 # Built once: building it and its cache key for every job cost more CPU than running it.
 _CLAIM = (
     update(JOBS)
     .where(
-        JOBS.c.id == _param("job_id", JOBS.c.id),
+        JOBS.c.id == typed_param("job_id", JOBS.c.id),
         or_(
             # Not IN (...): an IN list is re-rendered into the SQL at every execution.
             JOBS.c.status == JobStatus.QUEUED,
             JOBS.c.status == JobStatus.WAITING,
             (JOBS.c.status == JobStatus.RUNNING)
-            & (JOBS.c.lease_expires_at < _param("now", JOBS.c.started_at)),
+            & (JOBS.c.lease_expires_at < typed_param("now", JOBS.c.started_at)),
         ),
-        or_(JOBS.c.run_after.is_(None), JOBS.c.run_after <= _param("due", JOBS.c.run_after)),
+        or_(JOBS.c.run_after.is_(None), JOBS.c.run_after <= typed_param("due", JOBS.c.run_after)),
     )
     .values(
         status=JobStatus.RUNNING,
@@ -217,11 +210,11 @@ _CLAIM = (
         attempts=case(
             (JOBS.c.upstream_request_id.is_(None), JOBS.c.attempts + 1), else_=JOBS.c.attempts
         ),
-        lease_token=_param("token", JOBS.c.lease_token),
-        lease_expires_at=_param("expires", JOBS.c.lease_expires_at),
-        lease_holder=_param("holder", JOBS.c.lease_holder),
-        started_at=_param("now", JOBS.c.started_at),
-        updated_at=_param("now", JOBS.c.started_at),
+        lease_token=typed_param("token", JOBS.c.lease_token),
+        lease_expires_at=typed_param("expires", JOBS.c.lease_expires_at),
+        lease_holder=typed_param("holder", JOBS.c.lease_holder),
+        started_at=typed_param("now", JOBS.c.started_at),
+        updated_at=typed_param("now", JOBS.c.started_at),
         run_after=None,
         waiting_reason=None,
     )
@@ -597,14 +590,14 @@ def _record_reuse(
 _SUCCEEDED = (
     update(JOBS)
     .where(
-        JOBS.c.id == _param("job_id", JOBS.c.id),
-        JOBS.c.lease_token == _param("token", JOBS.c.lease_token),
+        JOBS.c.id == typed_param("job_id", JOBS.c.id),
+        JOBS.c.lease_token == typed_param("token", JOBS.c.lease_token),
         JOBS.c.status == JobStatus.RUNNING,
     )
     .values(
         status=JobStatus.SUCCEEDED,
-        finished_at=_param("now", JOBS.c.finished_at),
-        updated_at=_param("now", JOBS.c.finished_at),
+        finished_at=typed_param("now", JOBS.c.finished_at),
+        updated_at=typed_param("now", JOBS.c.finished_at),
         error_code=None,
         error_message=None,
         waiting_reason=None,
@@ -612,18 +605,18 @@ _SUCCEEDED = (
         lease_expires_at=None,
         lease_holder=None,
         credits_reserved=ZERO,
-        reuse_key=_param("reuse_key", JOBS.c.reuse_key),
-        subject_locator=_param("subject_locator", JOBS.c.subject_locator),
+        reuse_key=typed_param("reuse_key", JOBS.c.reuse_key),
+        subject_locator=typed_param("subject_locator", JOBS.c.subject_locator),
         attempts=JOBS.c.attempts - bindparam("refund", type_=Integer),
-        credits_used=_param("credits_used", JOBS.c.credits_used),
-        credits_saved=_param("credits_saved", JOBS.c.credits_saved),
-        reused_from=_param("reused_from", JOBS.c.reused_from),
-        remaining_credits=_param("remaining_credits", JOBS.c.remaining_credits),
+        credits_used=typed_param("credits_used", JOBS.c.credits_used),
+        credits_saved=typed_param("credits_saved", JOBS.c.credits_saved),
+        reused_from=typed_param("reused_from", JOBS.c.reused_from),
+        remaining_credits=typed_param("remaining_credits", JOBS.c.remaining_credits),
         **_NO_REQUEST,
     )
     .returning(JOBS.c.callback_url, listened_to(JOBS.c.tenant_id))
 )
-_DELETE_OUTPUTS = delete(OUTPUTS).where(OUTPUTS.c.job_id == _param("job_id", OUTPUTS.c.job_id))
+_DELETE_OUTPUTS = delete(OUTPUTS).where(OUTPUTS.c.job_id == typed_param("job_id", OUTPUTS.c.job_id))
 
 
 def _store_success(
@@ -1218,7 +1211,7 @@ def _add_attempt(
 _ATTEMPT = insert(ATTEMPTS).values(
     number=select(func.count())
     .select_from(ATTEMPTS)
-    .where(ATTEMPTS.c.job_id == _param("attempt_of", ATTEMPTS.c.job_id))
+    .where(ATTEMPTS.c.job_id == typed_param("attempt_of", ATTEMPTS.c.job_id))
     .scalar_subquery()
     + 1
 )

@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 import uuid
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import Select, Table, insert, inspect, select, update
+from sqlalchemy import Select, insert, inspect, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from relightq.broker import Queue, TaskName, enqueue_after_commit
 from relightq.credits.amounts import ZERO
-from relightq.db import utcnow
+from relightq.db import table_of, utcnow
 from relightq.errors import (
     BatchCancelled,
     FieldProblem,
@@ -94,7 +94,7 @@ def _new_job(tenant_id: uuid.UUID, options: JobOptions, subject: str, job_id: uu
     )
 
 
-_JOBS = cast(Table, Job.__table__)
+_JOBS = table_of(Job)
 _JOB_COLUMNS = [(prop.key, prop.columns[0].name) for prop in inspect(Job).column_attrs]
 
 
