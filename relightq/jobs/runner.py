@@ -313,6 +313,8 @@ _NO_REQUEST = {
     "upstream_response_url": None,
     "upstream_submitted_at": None,
 }
+# What every owned update writes: the lease ends with it.
+_LEASE_ENDED = {"lease_token": None, "lease_expires_at": None, "lease_holder": None}
 
 
 def _still_ours(claim_: Claim) -> ColumnElement[bool]:
@@ -333,13 +335,7 @@ def _owned_update(claim_: Claim, *, keep_request: bool = False, **values: Any) -
     return (
         update(JOBS)
         .where(_still_ours(claim_))
-        .values(
-            updated_at=utcnow(),
-            lease_token=None,
-            lease_expires_at=None,
-            lease_holder=None,
-            **values,
-        )
+        .values(updated_at=utcnow(), **_LEASE_ENDED, **values)
     )
 
 
@@ -601,9 +597,6 @@ _SUCCEEDED = (
         error_code=None,
         error_message=None,
         waiting_reason=None,
-        lease_token=None,
-        lease_expires_at=None,
-        lease_holder=None,
         credits_reserved=ZERO,
         reuse_key=typed_param("reuse_key", JOBS.c.reuse_key),
         subject_locator=typed_param("subject_locator", JOBS.c.subject_locator),
@@ -612,6 +605,7 @@ _SUCCEEDED = (
         credits_saved=typed_param("credits_saved", JOBS.c.credits_saved),
         reused_from=typed_param("reused_from", JOBS.c.reused_from),
         remaining_credits=typed_param("remaining_credits", JOBS.c.remaining_credits),
+        **_LEASE_ENDED,
         **_NO_REQUEST,
     )
     .returning(JOBS.c.callback_url, listened_to(JOBS.c.tenant_id))
@@ -1042,46 +1036,33 @@ def wait_for_slot(
     """Ask the fleet for a slot until admitted, paused, ``stop()`` (the worker is shutting
     down), or ``max_wait`` seconds have passed; while a more urgent job of this process
     (``waiters``) waits too, let it go first."""
-    with waiters.waiting(priority) if waiters is not None else nullcontext():
-        return _wait_for_slot(fleet, slot, max_wait, sleep, stop, ttl_seconds, waiters, priority)
-
-
-def _wait_for_slot(
-    fleet: Fleet,
-    slot: str,
-    max_wait: float,
-    sleep: Callable[[float], None],
-    stop: Callable[[], bool],
-    ttl_seconds: float | None,
-    waiters: SlotWaiters | None,
-    priority: int,
-) -> Admission:
     deadline = time.monotonic() + max_wait
     poll = SLOT_POLL_SECONDS
-    while True:
-        if stop():
-            return Admission(False, SHUTTING_DOWN)
-        if waiters is not None and waiters.outranked(priority):
-            # Not on the fleet's release signal, which wakes one waiter: the urgent one.
+    with waiters.waiting(priority) if waiters is not None else nullcontext():
+        while True:
+            if stop():
+                return Admission(False, SHUTTING_DOWN)
+            if waiters is not None and waiters.outranked(priority):
+                # Not on the fleet's release signal, which wakes one waiter: the urgent one.
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return Admission(False, "concurrency")
+                sleep(min(OUTRANKED_POLL_SECONDS, remaining))
+                continue
+            admission = fleet.acquire(slot, ttl_seconds)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return Admission(False, "concurrency")
-            sleep(min(OUTRANKED_POLL_SECONDS, remaining))
-            continue
-        admission = fleet.acquire(slot, ttl_seconds)
-        remaining = deadline - time.monotonic()
-        if admission.admitted or admission.reason == "paused" or remaining <= 0:
-            return admission
-        if admission.retry_after:
-            # A known wait (a 429 hold, a full minute window, the fleet warming up).
-            sleep(min(admission.retry_after, remaining, 1.0))
-            continue
-        # Every slot taken: a slot this process frees wakes one waiter at once; one freed
-        # by another process is seen at the next try, polled at a jittered interval that
-        # grows from 4 ms to 50 ms (16 threads spinning every 4 ms cost more CPU than the
-        # calls they wait for).
-        fleet.wait_for_release(min(poll * (1 + random.random()), remaining))
-        poll = min(poll * 1.5, SLOT_POLL_MAX_SECONDS)
+            if admission.admitted or admission.reason == "paused" or remaining <= 0:
+                return admission
+            if admission.retry_after:
+                # A known wait (a 429 hold, a full minute window, the fleet warming up).
+                sleep(min(admission.retry_after, remaining, 1.0))
+                continue
+            # Every slot taken: a slot this process frees wakes one waiter at once; one
+            # freed by another process is seen at the next try, polled at a jittered
+            # interval that grows from 4 ms to 50 ms (16 threads spinning every 4 ms cost
+            # more CPU than the calls they wait for).
+            fleet.wait_for_release(min(poll * (1 + random.random()), remaining))
+            poll = min(poll * 1.5, SLOT_POLL_MAX_SECONDS)
 
 
 def _hand_back(claim_: Claim) -> None:
