@@ -16,7 +16,7 @@ import uuid
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import Integer, bindparam, exists, func, or_, select, text, update
+from sqlalchemy import Integer, bindparam, exists, func, select, text, update
 from sqlalchemy.orm import Session
 
 from relightq.batches.models import Batch
@@ -76,11 +76,7 @@ _IN_FLIGHT = select(func.count()).where(
 )
 _NEXT_HELD = (
     select(_JOBS.c.id, _JOBS.c.priority)
-    .where(
-        _JOBS.c.batch_id == _BATCH_ID,
-        _JOBS.c.dispatched_at.is_(None),
-        or_(_JOBS.c.status == JobStatus.QUEUED, _JOBS.c.status == JobStatus.WAITING),
-    )
+    .where(_JOBS.c.batch_id == _BATCH_ID, held_by_batch(_JOBS.c))
     .order_by(_JOBS.c.batch_row)
     .limit(bindparam("room", type_=Integer))
     # A cancel or retry holding some of these rows is not waited for: no lock cycle.

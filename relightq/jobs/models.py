@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     func,
+    or_,
     text,
     true,
 )
@@ -75,9 +76,17 @@ def parked_by_pause() -> ColumnElement[bool]:
     )
 
 
-def held_by_batch() -> ColumnElement[bool]:
-    """Batch items not yet handed to the broker: their batch releases them a window at a time."""
-    return and_(Job.status.in_([JobStatus.QUEUED, JobStatus.WAITING]), Job.dispatched_at.is_(None))
+def held_by_batch(jobs: Any = None) -> ColumnElement[bool]:
+    """Batch items not yet handed to the broker: their batch releases them a window at a time.
+
+    ``jobs``: the columns to say it of (the table's, for a Core statement built once), by
+    default the model's. The statuses are compared one by one: an ``IN`` list would be
+    re-rendered into the SQL at every execution of such a statement."""
+    jobs = Job if jobs is None else jobs
+    return and_(
+        or_(jobs.status == JobStatus.QUEUED, jobs.status == JobStatus.WAITING),
+        jobs.dispatched_at.is_(None),
+    )
 
 
 # Sent to the broker and not final: what counts against a batch's window.
