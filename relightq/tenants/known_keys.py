@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # A random value, replaced at every change: a counter would start again at 0 after Redis
 # lost it and make entries kept under an old 0 look current.
 GENERATION_KEY = "relightq:credentials:generation"
+# Where generation() keeps what it read, in the session's info.
+_GENERATION_READ = "relightq.credentials_generation"
 # A backstop for a bump that could not reach Redis (it was down when a key was revoked).
 KEEP_SECONDS = 30.0
 _TENANT_COLUMNS = [prop.key for prop in inspect(Tenant).column_attrs]
@@ -55,8 +57,18 @@ def _redis() -> redis.Redis | None:
     return redis.Redis.from_url(url, socket_timeout=2) if url else None
 
 
-def generation() -> bytes | None:
-    """The credentials generation now, or None when there is nothing to check it with."""
+def generation(session: Session) -> bytes | None:
+    """The credentials generation as ``session``'s unit of work read it (once: a submit
+    asks for its key and then for its grants), or None when there is nothing to check it
+    with. Read before anything it vouches for is looked up, so never too new."""
+    if _GENERATION_READ not in session.info:
+        session.info[_GENERATION_READ] = current_generation()
+    read: bytes | None = session.info[_GENERATION_READ]
+    return read
+
+
+def current_generation() -> bytes | None:
+    """The credentials generation in Redis now (drawn if missing), or None without Redis."""
     client = _redis()
     if client is None:
         return None

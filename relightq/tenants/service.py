@@ -59,7 +59,7 @@ def authenticate(session: Session, key: str) -> Tenant | None:
     """The tenant owning an unrevoked ``key``, or None; a key this process checked under
     the current credentials generation is not looked up again (relightq.tenants.known_keys)."""
     key_hash = hash_key(key)
-    current = known_keys.generation()
+    current = known_keys.generation(session)
     tenant = known_keys.tenant_for(key_hash, current)
     if tenant is not None:
         return tenant
@@ -115,7 +115,7 @@ def usable_buckets(session: Session, tenant_id: uuid.UUID) -> frozenset[str] | N
         return None
     known: dict[uuid.UUID, frozenset[str]] = session.info.setdefault(_GRANTS_SEEN, {})
     if tenant_id not in known:
-        current = known_keys.generation()  # and kept by the process (known_keys)
+        current = known_keys.generation(session)  # and kept by the process (known_keys)
         grants = known_keys.grants_for(tenant_id, current)
         if grants is None:
             grants = granted_buckets(session, tenant_id)

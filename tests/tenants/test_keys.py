@@ -89,6 +89,9 @@ def test_a_known_key_is_not_looked_up_again_until_the_credentials_change(
     from relightq.tenants.service import authenticate, revoke_key
 
     class NoDatabase:
+        def __init__(self) -> None:
+            self.info: dict[str, object] = {}
+
         def execute(self, *_: object) -> None:
             raise AssertionError("looked up")
 
@@ -106,13 +109,13 @@ def test_a_known_key_is_not_looked_up_again_until_the_credentials_change(
     with session_scope() as session:
         assert authenticate(session, tenant.key) is not None
 
-    before = known_keys.generation()
+    before = known_keys.current_generation()
     with session_scope() as session:
         revoke_key(session, tenant.key)
         session.rollback()  # a revoke that never commits changes nothing
-    assert known_keys.generation() == before
+    assert known_keys.current_generation() == before
     with session_scope() as session:
         revoke_key(session, tenant.key)
-    assert known_keys.generation() != before
+    assert known_keys.current_generation() != before
     with session_scope() as session:
         assert authenticate(session, tenant.key) is None
